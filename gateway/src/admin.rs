@@ -1,0 +1,174 @@
+//! The admin listener (SPEC §5): `/metrics`, `/healthz`, `/readyz`, and `/admin/*` behind the
+//! optional bearer token. Off the request path: it reads the same shared state the proxy
+//! writes, without taking any lock the proxy takes.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::edge::Shared;
+
+/// Serve the admin API until the process ends.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(&shared, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if path.starts_with("/admin/") {
+        let rt = shared.runtime.load();
+        if let Some(token) = rt.config.admin.as_ref().and_then(|a| a.token.as_deref()) {
+            if !bearer_matches(&req, token) {
+                let mut res = json_response(
+                    StatusCode::UNAUTHORIZED,
+                    &json!({"error": "admin token required"}),
+                );
+                res.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"gateway-admin\""),
+                );
+                return res;
+            }
+        }
+    }
+    match (req.method(), path) {
+        (&Method::GET, "/metrics") => {
+            let mut res = Response::new(Full::new(Bytes::from(shared.metrics.render())));
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            res
+        }
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if shared.is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        (&Method::GET, "/admin/config") => {
+            let rt = shared.runtime.load();
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "generation": rt.generation,
+                    "path": rt.config.path.display().to_string(),
+                    "config": rt.config.redacted,
+                }),
+            )
+        }
+        (&Method::GET, "/admin/upstreams") => json_response(StatusCode::OK, &upstreams(shared)),
+        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
+    }
+}
+
+/// `GET /admin/upstreams`: each upstream, each target and backup, as the gateway sees them.
+pub fn upstreams(shared: &Shared) -> serde_json::Value {
+    let rt = shared.runtime.load();
+    let list: Vec<_> = rt
+        .upstreams
+        .iter()
+        .map(|u| {
+            let targets: Vec<_> = u
+                .shards
+                .iter()
+                .map(|s| {
+                    let endpoint = |e: &crate::endpoint::Endpoint| {
+                        json!({
+                            "id": e.id,
+                            "addr": e.addr.to_string(),
+                            "up": e.is_up(),
+                            "last_probe": null,
+                            "circuit": "closed",
+                            "in_flight": e.in_flight(),
+                            "ejected_until": null,
+                            "idle_connections": e.pool.idle_count(),
+                        })
+                    };
+                    let mut t = endpoint(&s.endpoints[0]);
+                    t["weight"] = json!(s.weight);
+                    t["shard_up"] = json!(s.is_up());
+                    t["serving"] = json!(s.serving().map(|e| e.id.as_str()));
+                    t["backups"] = s.endpoints[1..].iter().map(|e| endpoint(e)).collect();
+                    t
+                })
+                .collect();
+            json!({
+                "name": u.name,
+                "balancer": u.config.balancer.as_str(),
+                "targets": targets,
+            })
+        })
+        .collect();
+    json!({ "generation": rt.generation, "upstreams": list })
+}
+
+/// Constant-time comparison of the bearer token.
+fn bearer_matches(req: &Request<Incoming>, token: &str) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.as_bytes(), token.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    body.push(b'\n');
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}

@@ -1,0 +1,63 @@
+//! `round_robin`: up targets in configured order.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::Balance;
+
+#[derive(Debug)]
+pub struct RoundRobin {
+    next: AtomicUsize,
+    len: usize,
+}
+
+impl RoundRobin {
+    pub fn new(len: usize) -> Self {
+        Self {
+            next: AtomicUsize::new(0),
+            len,
+        }
+    }
+}
+
+impl Balance for RoundRobin {
+    fn pick(&self, _hash: Option<u64>, accept: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
+        if self.len == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % self.len;
+        // A rejected target hands over to the next one in order, as nginx does.
+        (0..self.len)
+            .map(|i| (start + i) % self.len)
+            .find(|&i| accept(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cycles_through_targets_in_order() {
+        let rr = RoundRobin::new(3);
+        let picks: Vec<_> = (0..7)
+            .map(|_| rr.pick(None, &mut |_| true).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn skips_a_rejected_target_to_the_next_in_order() {
+        let rr = RoundRobin::new(3);
+        let picks: Vec<_> = (0..6)
+            .map(|_| rr.pick(None, &mut |i| i != 1).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 2, 2, 0, 2, 2]);
+    }
+
+    #[test]
+    fn returns_none_when_every_target_is_rejected() {
+        let rr = RoundRobin::new(3);
+        assert_eq!(rr.pick(None, &mut |_| false), None);
+        assert_eq!(RoundRobin::new(0).pick(None, &mut |_| true), None);
+    }
+}

@@ -1,0 +1,285 @@
+//! Configuration: the TOML file (`file.rs`), checked and turned into the runtime types below
+//! (`validate.rs`). Parse, then validate, then publish: a config that fails here changes nothing.
+//!
+//! Every error names its place as `FILE:LINE:COL: message`; `gateway check` prints them all.
+
+pub mod file;
+pub mod units;
+mod validate;
+
+use std::net::SocketAddr;
+use std::ops::{Range, RangeInclusive};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+
+pub use file::{BalancerKind, OnMissingKey};
+
+use crate::balance::key::KeySpec;
+use crate::edge::tls::CertMaterial;
+
+/// Whether the config is loaded to be checked or to be run: an unset `*_env` variable is a
+/// warning for `check` and an error for `run`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Check,
+    Run,
+}
+
+/// A validated config: everything the runtime needs, nothing left to interpret.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    pub server: Server,
+    pub admin: Option<Admin>,
+    pub listeners: Vec<Listener>,
+    pub limits: Limits,
+    /// Sorted by name.
+    pub upstreams: Vec<Upstream>,
+    /// In file order: the first match wins.
+    pub routes: Vec<Route>,
+    /// The file as JSON with secrets redacted, for `GET /admin/config`.
+    pub redacted: serde_json::Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub node_id: u16,
+    pub worker_threads: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    pub trust_request_id: bool,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// The bearer token for `/admin/*`, read from `token_env`.
+    pub token: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Listener {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub tls: Option<Tls>,
+    pub redirect_https: Option<u16>,
+}
+
+#[derive(Debug)]
+pub struct Tls {
+    /// The first is served for unknown or absent SNI.
+    pub certs: Vec<CertSource>,
+    pub min_version: TlsVersion,
+}
+
+#[derive(Debug)]
+pub enum CertSource {
+    /// Read and parsed at validation, so `check` catches a bad file.
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        material: Arc<CertMaterial>,
+    },
+    /// A certificate for localhost and 127.0.0.1 made at start.
+    SelfSigned,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 20_000,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            max_header_bytes: 65_536,
+            max_headers: 100,
+            max_body_bytes: 10 << 20,
+            h2_max_concurrent_streams: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub balancer: BalancerKind,
+    pub hash_on: Option<KeySpec>,
+    pub on_missing_key: OnMissingKey,
+    pub connect_timeout: Duration,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// What hashing and the `target` metric label use (default: the address).
+    pub id: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub backups: Vec<SocketAddr>,
+    pub slots: Vec<RangeInclusive<u16>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub matcher: Match,
+    pub upstream: String,
+    pub strip_prefix: Option<String>,
+    /// Per attempt: the upstream's response head must start within it.
+    pub timeout: Duration,
+    /// All attempts together.
+    pub total_timeout: Duration,
+    pub host_rewrite: Option<HeaderValue>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Match {
+    pub host: Option<HostMatch>,
+    pub path: Option<String>,
+    /// Without a trailing `/`; matches whole segments.
+    pub path_prefix: Option<String>,
+    pub path_regex: Option<regex::Regex>,
+    pub methods: Option<Vec<Method>>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A host to match, lower-case, without port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Exact(String),
+    /// `*.example.com`: any host ending in `.example.com` (stored with the leading dot).
+    Suffix(String),
+}
+
+/// What loading produced: the config and any warnings (already formatted).
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+/// Read, parse and validate `path`. On failure, every error formatted as `FILE:LINE:COL: message`.
+pub fn load(path: &Path, mode: Mode) -> Result<Loaded, Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![format!("{}: cannot read config: {e}", path.display())])?;
+    load_str(path, &text, mode)
+}
+
+/// Parse and validate config text that came from `path` (used for messages and relative files).
+pub fn load_str(path: &Path, text: &str, mode: Mode) -> Result<Loaded, Vec<String>> {
+    let source = Source::new(path, text);
+    let file: file::File = match toml::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            let msg = e.message().trim().to_string();
+            return Err(vec![source.format(e.span(), &msg)]);
+        }
+    };
+    validate::validate(&source, file, mode)
+}
+
+/// The config text with its line index, to turn byte spans into `LINE:COL`.
+pub(crate) struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+    line_starts: Vec<usize>,
+}
+
+impl<'a> Source<'a> {
+    fn new(path: &'a Path, text: &'a str) -> Self {
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Self {
+            path,
+            text,
+            line_starts,
+        }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let line = match self.line_starts.binary_search(&offset) {
+            Ok(i) => i,
+            Err(i) => i - 1,
+        };
+        let start = self.line_starts[line];
+        let col = self
+            .text
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count());
+        (line + 1, col + 1)
+    }
+
+    fn format(&self, span: Option<Range<usize>>, message: &str) -> String {
+        match span {
+            Some(s) => {
+                let (line, col) = self.line_col(s.start);
+                format!("{}:{line}:{col}: {message}", self.path.display())
+            }
+            None => format!("{}: {message}", self.path.display()),
+        }
+    }
+}
+
+impl Config {
+    /// One line for `gateway check` and the start-up log.
+    pub fn summary(&self) -> String {
+        let targets: usize = self.upstreams.iter().map(|u| u.targets.len()).sum();
+        let backups: usize = self
+            .upstreams
+            .iter()
+            .flat_map(|u| &u.targets)
+            .map(|t| t.backups.len())
+            .sum();
+        format!(
+            "{} listener{}, {} route{}, {} upstream{} ({} target{}, {} backup{}), admin {}",
+            self.listeners.len(),
+            plural(self.listeners.len()),
+            self.routes.len(),
+            plural(self.routes.len()),
+            self.upstreams.len(),
+            plural(self.upstreams.len()),
+            targets,
+            plural(targets),
+            backups,
+            plural(backups),
+            self.admin
+                .as_ref()
+                .map_or_else(|| "off".to_string(), |a| a.listen.to_string()),
+        )
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}

@@ -1,0 +1,1191 @@
+//! From the file as written (`file.rs`) to the runtime types (`mod.rs`): every semantic check,
+//! every error collected with its place, nothing published unless all of it holds.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::ops::{Range, RangeInclusive};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+use toml::Spanned;
+
+use super::file::{self, BalancerKind, OnMissingKey, SizeValue, SlotsValue};
+use super::units::{parse_duration, parse_size};
+use super::{
+    Admin, CertSource, Config, HostMatch, Limits, Listener, Loaded, Match, Mode, Route, Server,
+    Source, Target, Tls, TlsVersion, Upstream,
+};
+use crate::balance::key::KeySpec;
+use crate::balance::SLOT_COUNT;
+
+/// Which issue builds a feature whose keys already parse; named in "not supported yet" errors.
+const ISSUE_BALANCING: &str = "load balancing, issue #3";
+const ISSUE_RESILIENCE: &str = "resilience, issue #4";
+const ISSUE_SECURITY: &str = "security, issue #5";
+const ISSUE_RATE_LIMITS: &str = "rate limiting, issue #6";
+const ISSUE_OPERATIONS: &str = "operations, issue #7";
+
+struct Diag {
+    span: Option<Range<usize>>,
+    message: String,
+}
+
+struct Validator<'a> {
+    src: &'a Source<'a>,
+    mode: Mode,
+    errors: Vec<Diag>,
+    warnings: Vec<Diag>,
+}
+
+pub(super) fn validate(
+    src: &Source<'_>,
+    file: file::File,
+    mode: Mode,
+) -> Result<Loaded, Vec<String>> {
+    let mut v = Validator {
+        src,
+        mode,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let config = v.file(&file);
+    // Report in file order, like a compiler.
+    v.errors
+        .sort_by_key(|d| d.span.as_ref().map_or(0, |s| s.start));
+    v.warnings
+        .sort_by_key(|d| d.span.as_ref().map_or(0, |s| s.start));
+    let fmt = |d: &Diag| v.src.format(d.span.clone(), &d.message);
+    if !v.errors.is_empty() {
+        return Err(v.errors.iter().map(fmt).collect());
+    }
+    let warnings = v
+        .warnings
+        .iter()
+        .map(|d| {
+            v.src
+                .format(d.span.clone(), &format!("warning: {}", d.message))
+        })
+        .collect();
+    Ok(Loaded { config, warnings })
+}
+
+impl Validator<'_> {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.errors.push(Diag {
+            span: Some(span),
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.warnings.push(Diag {
+            span: Some(span),
+            message: message.into(),
+        });
+    }
+
+    fn not_supported(&mut self, span: Range<usize>, what: &str, issue: &str) {
+        self.error(
+            span,
+            format!("{what} is not supported yet ({issue}); remove it to run this config"),
+        );
+    }
+
+    fn duration(&mut self, value: &Option<Spanned<String>>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(s) => match parse_duration(s.get_ref()) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.error(s.span(), e);
+                    default
+                }
+            },
+        }
+    }
+
+    /// A duration that must be more than zero.
+    fn positive_duration(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        default: Duration,
+        what: &str,
+    ) -> Duration {
+        let d = self.duration(value, default);
+        if d.is_zero() {
+            if let Some(s) = value {
+                self.error(s.span(), format!("{what} must be more than zero"));
+            }
+            return default;
+        }
+        d
+    }
+
+    fn int_in(
+        &mut self,
+        value: &Option<Spanned<i64>>,
+        default: i64,
+        range: RangeInclusive<i64>,
+        what: &str,
+    ) -> i64 {
+        match value {
+            None => default,
+            Some(s) => {
+                let n = *s.get_ref();
+                if range.contains(&n) {
+                    n
+                } else {
+                    self.error(
+                        s.span(),
+                        format!(
+                            "{what} must be within {}..={}, not {n}",
+                            range.start(),
+                            range.end()
+                        ),
+                    );
+                    default
+                }
+            }
+        }
+    }
+
+    fn size(&mut self, value: &Option<Spanned<SizeValue>>, default: u64, what: &str) -> u64 {
+        let Some(s) = value else { return default };
+        let parsed = match s.get_ref() {
+            SizeValue::Bytes(n) if *n >= 0 => Ok(*n as u64),
+            SizeValue::Bytes(n) => Err(format!("{what} must not be negative, not {n}")),
+            SizeValue::Text(t) => parse_size(t),
+        };
+        match parsed {
+            Ok(0) => {
+                self.error(s.span(), format!("{what} must be more than zero"));
+                default
+            }
+            Ok(n) => n,
+            Err(e) => {
+                self.error(s.span(), e);
+                default
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, s: &Spanned<String>, what: &str) -> Option<SocketAddr> {
+        match s.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.error(
+                    s.span(),
+                    format!(
+                        "{what} {:?} is not an IP:PORT address (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")",
+                        s.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn cidrs(&mut self, list: &[Spanned<String>]) -> Vec<IpNet> {
+        let mut out = Vec::with_capacity(list.len());
+        for s in list {
+            match parse_cidr(s.get_ref()) {
+                Some(net) => out.push(net),
+                None => self.error(
+                    s.span(),
+                    format!(
+                        "{:?} is not a CIDR or IP address (e.g. \"10.0.0.0/8\", \"2001:db8::/32\")",
+                        s.get_ref()
+                    ),
+                ),
+            }
+        }
+        out
+    }
+
+    /// The value of an environment variable a `*_env` key names. Unset: a warning for `check`,
+    /// an error for `run`.
+    fn env(&mut self, name: &Spanned<String>, what: &str) -> Option<String> {
+        match std::env::var(name.get_ref()) {
+            Ok(v) if !v.is_empty() => Some(v),
+            _ => {
+                let msg = format!(
+                    "environment variable {} ({what}) is not set",
+                    name.get_ref()
+                );
+                match self.mode {
+                    Mode::Check => self.warn(name.span(), msg),
+                    Mode::Run => self.error(name.span(), msg),
+                }
+                None
+            }
+        }
+    }
+
+    fn existing_file(&mut self, s: &Spanned<String>, what: &str) -> Option<PathBuf> {
+        let path = PathBuf::from(s.get_ref());
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Some(path),
+            Ok(_) => {
+                self.error(s.span(), format!("{what} {:?} is not a file", s.get_ref()));
+                None
+            }
+            Err(e) => {
+                self.error(s.span(), format!("{what} {:?}: {e}", s.get_ref()));
+                None
+            }
+        }
+    }
+
+    // ===== the file =====
+
+    fn file(&mut self, f: &file::File) -> Config {
+        let server = self.server(&f.server);
+        let admin = f.admin.as_ref().map(|a| self.admin(a));
+        let listeners = self.listeners(&f.listeners);
+        let limits = self.limits(&f.limits);
+        self.policies(f);
+        let upstreams = self.upstreams(&f.upstreams);
+        let routes = self.routes(f, &upstreams);
+        Config {
+            path: PathBuf::from(self.src.path),
+            server,
+            admin,
+            listeners,
+            limits,
+            upstreams,
+            routes,
+            redacted: redacted_view(f),
+        }
+    }
+
+    fn server(&mut self, s: &file::ServerFile) -> Server {
+        let mut node_id = self.int_in(&s.node_id, 0, 0..=1023, "node_id") as u16;
+        if let Some(env) = &s.node_id_env {
+            if let Some(n) = &s.node_id {
+                self.error(n.span(), "set node_id or node_id_env, not both");
+            }
+            if let Some(value) = self.env(env, "node_id_env") {
+                match value.trim().parse::<u16>() {
+                    Ok(n) if n <= 1023 => node_id = n,
+                    _ => self.error(
+                        env.span(),
+                        format!(
+                            "environment variable {} holds {value:?}, not a node id within 0..=1023",
+                            env.get_ref()
+                        ),
+                    ),
+                }
+            }
+        }
+        let worker_threads = self.int_in(&s.worker_threads, 0, 0..=1024, "worker_threads") as usize;
+        let trusted_proxies = self.cidrs(s.trusted_proxies.as_deref().unwrap_or(&[]));
+        let drain_timeout = self.duration(&s.drain_timeout, Duration::from_secs(30));
+        Server {
+            node_id,
+            worker_threads,
+            trusted_proxies,
+            trust_request_id: s.trust_request_id.unwrap_or(false),
+            drain_timeout,
+        }
+    }
+
+    fn admin(&mut self, a: &Spanned<file::AdminFile>) -> Admin {
+        let af = a.get_ref();
+        let listen = match &af.listen {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+            Some(s) => self.socket_addr(s, "admin listen"),
+        };
+        let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901)));
+        let token = af
+            .token_env
+            .as_ref()
+            .and_then(|e| self.env(e, "admin token"));
+        if !listen.ip().is_loopback() && af.token_env.is_none() {
+            let span = af.listen.as_ref().map_or(a.span(), |s| s.span());
+            self.error(
+                span,
+                format!("admin listens on {listen}, which is not loopback: set token_env so /admin/* needs a bearer token"),
+            );
+        }
+        Admin { listen, token }
+    }
+
+    fn listeners(&mut self, list: &[Spanned<file::ListenerFile>]) -> Vec<Listener> {
+        let mut out = Vec::new();
+        let mut names: HashMap<&str, ()> = HashMap::new();
+        let mut addrs: HashMap<SocketAddr, String> = HashMap::new();
+        if list.is_empty() {
+            self.errors.push(Diag {
+                span: None,
+                message: "no [[listeners]]: the gateway would serve nothing".into(),
+            });
+        }
+        for l in list {
+            let lf = l.get_ref();
+            let name = lf.name.get_ref().as_str();
+            if !valid_name(name) {
+                self.error(lf.name.span(), bad_name_message("listener", name));
+            }
+            if names.insert(name, ()).is_some() {
+                self.error(
+                    lf.name.span(),
+                    format!("listener name {name:?} is used twice"),
+                );
+            }
+            let listen = self.socket_addr(&lf.listen, "listen");
+            if let Some(addr) = listen {
+                if addr.port() != 0 {
+                    if let Some(other) = addrs.insert(addr, name.to_string()) {
+                        self.error(
+                            lf.listen.span(),
+                            format!("listener {name:?} listens on {addr}, like listener {other:?}"),
+                        );
+                    }
+                }
+            }
+            if let Some(pp) = &lf.proxy_protocol {
+                if *pp.get_ref() {
+                    self.not_supported(pp.span(), "proxy_protocol", ISSUE_SECURITY);
+                }
+            }
+            let tls = lf.tls.as_ref().map(|t| self.tls(t));
+            let redirect_https = lf.redirect_https.as_ref().map(|r| {
+                if tls.is_some() {
+                    self.error(
+                        r.span(),
+                        "redirect_https is for plain HTTP listeners; this one has tls",
+                    );
+                }
+                self.int_in(&Some(r.clone()), 443, 1..=65535, "redirect_https") as u16
+            });
+            if let Some(listen) = listen {
+                out.push(Listener {
+                    name: name.to_string(),
+                    listen,
+                    tls,
+                    redirect_https,
+                });
+            }
+        }
+        out
+    }
+
+    fn tls(&mut self, t: &Spanned<file::TlsFile>) -> Tls {
+        let tf = t.get_ref();
+        let min_version = match &tf.min_version {
+            None => TlsVersion::V1_2,
+            Some(v) => match v.get_ref().as_str() {
+                "1.2" => TlsVersion::V1_2,
+                "1.3" => TlsVersion::V1_3,
+                other => {
+                    self.error(
+                        v.span(),
+                        format!("min_version must be \"1.2\" or \"1.3\", not {other:?}"),
+                    );
+                    TlsVersion::V1_2
+                }
+            },
+        };
+        let self_signed = tf.self_signed.as_ref().is_some_and(|s| *s.get_ref());
+        let mut certs = Vec::new();
+        match (&tf.certs, self_signed) {
+            (Some(list), true) if !list.is_empty() => {
+                self.error(t.span(), "tls: use certs or self_signed = true, not both");
+            }
+            (_, true) => certs.push(CertSource::SelfSigned),
+            (None, false) => self.error(
+                t.span(),
+                "tls needs certs = [{ cert = \"...pem\", key = \"...key\" }] or self_signed = true",
+            ),
+            (Some(list), false) => {
+                if list.is_empty() {
+                    self.error(t.span(), "tls certs is empty");
+                }
+                for c in list {
+                    let cf = c.get_ref();
+                    let cert = self.existing_file(&cf.cert, "certificate file");
+                    let key = self.existing_file(&cf.key, "key file");
+                    if let (Some(cert), Some(key)) = (cert, key) {
+                        match crate::edge::tls::load_files(&cert, &key) {
+                            Ok(material) => certs.push(CertSource::Files {
+                                cert,
+                                key,
+                                material: Arc::new(material),
+                            }),
+                            Err(e) => self.error(c.span(), e),
+                        }
+                    }
+                }
+            }
+        }
+        Tls { certs, min_version }
+    }
+
+    fn limits(&mut self, l: &file::LimitsFile) -> Limits {
+        let d = Limits::default();
+        Limits {
+            max_connections: self.int_in(
+                &l.max_connections,
+                d.max_connections as i64,
+                1..=10_000_000,
+                "max_connections",
+            ) as usize,
+            header_timeout: self.positive_duration(
+                &l.header_timeout,
+                d.header_timeout,
+                "header_timeout",
+            ),
+            idle_timeout: self.positive_duration(&l.idle_timeout, d.idle_timeout, "idle_timeout"),
+            max_header_bytes: {
+                let n = self.size(
+                    &l.max_header_bytes,
+                    d.max_header_bytes as u64,
+                    "max_header_bytes",
+                );
+                if n > 16 << 20 {
+                    if let Some(s) = &l.max_header_bytes {
+                        self.error(s.span(), "max_header_bytes must be at most 16MiB");
+                    }
+                }
+                n.min(16 << 20) as usize
+            },
+            max_headers: self.int_in(
+                &l.max_headers,
+                d.max_headers as i64,
+                1..=10_000,
+                "max_headers",
+            ) as usize,
+            max_body_bytes: self.size(&l.max_body_bytes, d.max_body_bytes, "max_body_bytes"),
+            h2_max_concurrent_streams: self.int_in(
+                &l.h2_max_concurrent_streams,
+                d.h2_max_concurrent_streams as i64,
+                1..=100_000,
+                "h2_max_concurrent_streams",
+            ) as u32,
+        }
+    }
+
+    /// The policy tables. They parse and are checked, but their behaviour lands with later
+    /// issues: until then a config that has them is refused rather than half obeyed.
+    fn policies(&mut self, f: &file::File) {
+        for (name, t) in &f.jwt {
+            self.policy_name(name, "jwt");
+            let j = t.get_ref();
+            if j.algorithms.is_empty() {
+                self.error(t.span(), "jwt algorithms is empty");
+            }
+            for alg in &j.algorithms {
+                const ALGS: [&str; 12] = [
+                    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384",
+                    "PS512", "ES256", "ES384", "EdDSA",
+                ];
+                if !ALGS.contains(&alg.get_ref().as_str()) {
+                    self.error(
+                        alg.span(),
+                        format!(
+                            "unknown or refused algorithm {:?} (allowed: {})",
+                            alg.get_ref(),
+                            ALGS.join(", ")
+                        ),
+                    );
+                }
+            }
+            let sources = [&j.jwks_file, &j.jwks_url, &j.secret_env]
+                .iter()
+                .filter(|s| s.is_some())
+                .count();
+            if sources != 1 {
+                self.error(
+                    t.span(),
+                    "jwt needs exactly one of jwks_file, jwks_url, secret_env",
+                );
+            }
+            if let Some(p) = &j.jwks_file {
+                self.existing_file(p, "jwks_file");
+            }
+            self.duration(&j.leeway, Duration::from_secs(30));
+            self.not_supported(name.span(), "[jwt] authentication", ISSUE_SECURITY);
+        }
+        for (name, t) in &f.api_keys {
+            self.policy_name(name, "api_keys");
+            self.existing_file(&t.get_ref().keys_file, "keys_file");
+            self.not_supported(name.span(), "[api_keys] authentication", ISSUE_SECURITY);
+        }
+        for (name, t) in &f.integrity {
+            self.policy_name(name, "integrity");
+            if let Some(p) = &t.get_ref().signature_keys_file {
+                self.existing_file(p, "signature_keys_file");
+            }
+            self.duration(&t.get_ref().max_skew, Duration::from_secs(300));
+            self.not_supported(name.span(), "[integrity] checks", ISSUE_SECURITY);
+        }
+        for (name, t) in &f.rate_limits {
+            self.policy_name(name, "rate_limits");
+            let r = t.get_ref();
+            if let Err(e) = KeySpec::parse(r.key.get_ref()) {
+                self.error(r.key.span(), e);
+            }
+            self.int_in(&Some(r.rate.clone()), 1, 1..=i64::MAX, "rate");
+            self.int_in(&Some(r.burst.clone()), 1, 1..=i64::MAX, "burst");
+            self.positive_duration(&Some(r.per.clone()), Duration::from_secs(1), "per");
+            self.not_supported(name.span(), "[rate_limits]", ISSUE_RATE_LIMITS);
+        }
+        if let Some(r) = &f.redis {
+            self.not_supported(r.span(), "[redis]", ISSUE_RATE_LIMITS);
+        }
+    }
+
+    fn policy_name(&mut self, name: &Spanned<String>, table: &str) {
+        if !valid_name(name.get_ref()) {
+            self.error(name.span(), bad_name_message(table, name.get_ref()));
+        }
+    }
+
+    // ===== upstreams =====
+
+    fn upstreams(
+        &mut self,
+        map: &BTreeMap<Spanned<String>, Spanned<file::UpstreamFile>>,
+    ) -> Vec<Upstream> {
+        let mut out = Vec::new();
+        for (name, u) in map {
+            if !valid_name(name.get_ref()) {
+                self.error(name.span(), bad_name_message("upstream", name.get_ref()));
+            }
+            if let Some(up) = self.upstream(name.get_ref(), u) {
+                out.push(up);
+            }
+        }
+        out
+    }
+
+    fn upstream(&mut self, name: &str, u: &Spanned<file::UpstreamFile>) -> Option<Upstream> {
+        let uf = u.get_ref();
+        let balancer = uf
+            .balancer
+            .as_ref()
+            .map_or(BalancerKind::RoundRobin, |b| *b.get_ref());
+        if let Some(b) = &uf.balancer {
+            if !matches!(
+                balancer,
+                BalancerKind::RoundRobin | BalancerKind::WeightedRoundRobin
+            ) {
+                self.not_supported(
+                    b.span(),
+                    &format!("balancer {:?}", balancer.as_str()),
+                    ISSUE_BALANCING,
+                );
+            }
+        }
+        let hash_on = match &uf.hash_on {
+            Some(h) => match KeySpec::parse(h.get_ref()) {
+                Ok(KeySpec::Route) => {
+                    self.error(h.span(), "hash_on cannot be \"route\" (every request of a route would go to one target)");
+                    None
+                }
+                Ok(key) => {
+                    if !balancer.is_hashed() {
+                        self.error(
+                            h.span(),
+                            format!("hash_on is used by hash, consistent_hash, maglev and slots, not by {}", balancer.as_str()),
+                        );
+                    }
+                    Some(key)
+                }
+                Err(e) => {
+                    self.error(h.span(), e);
+                    None
+                }
+            },
+            None => {
+                if balancer.is_hashed() {
+                    let span = uf.balancer.as_ref().map_or(u.span(), |b| b.span());
+                    self.error(
+                        span,
+                        format!(
+                            "balancer {} needs hash_on (e.g. hash_on = \"header.x-user-id\")",
+                            balancer.as_str()
+                        ),
+                    );
+                }
+                None
+            }
+        };
+        let on_missing_key = uf
+            .on_missing_key
+            .as_ref()
+            .map_or(OnMissingKey::Reject, |o| *o.get_ref());
+        if let Some(o) = &uf.on_missing_key {
+            if !balancer.is_hashed() {
+                self.error(o.span(), "on_missing_key only applies to hashed balancers");
+            }
+        }
+        let connect_timeout = self.positive_duration(
+            &uf.connect_timeout,
+            Duration::from_secs(1),
+            "connect_timeout",
+        );
+
+        if let Some(h) = &uf.health {
+            self.not_supported(h.span(), "health checks", ISSUE_RESILIENCE);
+        }
+        if let Some(o) = &uf.outlier {
+            self.not_supported(o.span(), "outlier detection", ISSUE_RESILIENCE);
+        }
+        if let Some(c) = &uf.circuit_breaker {
+            self.not_supported(c.span(), "circuit_breaker", ISSUE_RESILIENCE);
+        }
+        if let Some(m) = &uf.max_in_flight {
+            self.not_supported(m.span(), "max_in_flight", ISSUE_RESILIENCE);
+        }
+        if let Some(m) = &uf.max_pending {
+            self.not_supported(m.span(), "max_pending", ISSUE_RESILIENCE);
+        }
+        if let Some(m) = &uf.maglev_table_size {
+            if balancer != BalancerKind::Maglev {
+                self.error(
+                    m.span(),
+                    "maglev_table_size only applies to balancer = \"maglev\"",
+                );
+            }
+        }
+
+        let targets = self.targets(name, balancer, &uf.targets);
+        Some(Upstream {
+            name: name.to_string(),
+            balancer,
+            hash_on,
+            on_missing_key,
+            connect_timeout,
+            targets,
+        })
+    }
+
+    fn targets(
+        &mut self,
+        upstream: &str,
+        balancer: BalancerKind,
+        list: &Spanned<Vec<Spanned<file::TargetFile>>>,
+    ) -> Vec<Target> {
+        if list.get_ref().is_empty() {
+            self.error(list.span(), format!("upstream {upstream:?} has no targets"));
+        }
+        let mut out = Vec::new();
+        let mut ids: HashSet<String> = HashSet::new();
+        let mut addrs: HashSet<SocketAddr> = HashSet::new();
+        let mut any_slots = false;
+        let mut slot_spans: Vec<(RangeInclusive<u16>, Range<usize>)> = Vec::new();
+        for t in list.get_ref() {
+            let tf = t.get_ref();
+            let addr = self.socket_addr(&tf.addr, "target addr");
+            if let Some(a) = addr {
+                if !addrs.insert(a) {
+                    self.error(
+                        tf.addr.span(),
+                        format!("address {a} is used twice in upstream {upstream:?}"),
+                    );
+                }
+            }
+            let id = match &tf.id {
+                Some(id) => {
+                    if id.get_ref().is_empty() {
+                        self.error(id.span(), "target id must not be empty");
+                    }
+                    id.get_ref().clone()
+                }
+                None => tf.addr.get_ref().clone(),
+            };
+            if !ids.insert(id.clone()) {
+                let span = tf.id.as_ref().map_or(tf.addr.span(), |s| s.span());
+                self.error(
+                    span,
+                    format!("target id {id:?} is used twice in upstream {upstream:?}"),
+                );
+            }
+            let weight = self.int_in(&tf.weight, 1, 1..=1000, "weight") as u32;
+            if let Some(w) = &tf.weight {
+                if balancer != BalancerKind::WeightedRoundRobin
+                    && balancer != BalancerKind::ConsistentHash
+                    && *w.get_ref() != 1
+                {
+                    self.warn(
+                        w.span(),
+                        format!("weight has no effect with balancer {}", balancer.as_str()),
+                    );
+                }
+            }
+            let mut backups = Vec::new();
+            for b in tf.backups.as_deref().unwrap_or(&[]) {
+                if let Some(a) = self.socket_addr(b, "backup") {
+                    if !addrs.insert(a) {
+                        self.error(
+                            b.span(),
+                            format!("address {a} is used twice in upstream {upstream:?}"),
+                        );
+                    }
+                    if !ids.insert(a.to_string()) {
+                        self.error(
+                            b.span(),
+                            format!(
+                                "backup {a} has the id of another target in upstream {upstream:?}"
+                            ),
+                        );
+                    }
+                    backups.push(a);
+                }
+            }
+            let mut slots = Vec::new();
+            if let Some(list) = &tf.slots {
+                any_slots = true;
+                if balancer != BalancerKind::Slots {
+                    self.error(t.span(), "slots only apply to balancer = \"slots\"");
+                }
+                for s in list {
+                    match parse_slot_range(s.get_ref()) {
+                        Ok(r) => {
+                            slot_spans.push((r.clone(), s.span()));
+                            slots.push(r);
+                        }
+                        Err(e) => self.error(s.span(), e),
+                    }
+                }
+            }
+            if let Some(addr) = addr {
+                out.push(Target {
+                    id,
+                    addr,
+                    weight,
+                    backups,
+                    slots,
+                });
+            }
+        }
+        if any_slots && balancer == BalancerKind::Slots {
+            self.check_slot_coverage(upstream, list, &out, slot_spans);
+        }
+        out
+    }
+
+    /// With explicit `slots`, every target has ranges, no slot is owned twice, all 16384 are owned.
+    fn check_slot_coverage(
+        &mut self,
+        upstream: &str,
+        list: &Spanned<Vec<Spanned<file::TargetFile>>>,
+        targets: &[Target],
+        mut spans: Vec<(RangeInclusive<u16>, Range<usize>)>,
+    ) {
+        for (t, tf) in targets.iter().zip(list.get_ref()) {
+            if t.slots.is_empty() {
+                self.error(
+                    tf.span(),
+                    format!("target {:?} has no slots while others in upstream {upstream:?} do: give every target its ranges, or none for an even split", t.id),
+                );
+            }
+        }
+        spans.sort_by_key(|(r, _)| *r.start());
+        let mut next: u32 = 0;
+        let mut prev_end: Option<u16> = None;
+        for (r, span) in &spans {
+            if let Some(end) = prev_end {
+                if *r.start() <= end {
+                    self.error(
+                        span.clone(),
+                        format!(
+                            "slots {}-{} overlap slot {end}, which another range already owns",
+                            r.start(),
+                            r.end()
+                        ),
+                    );
+                }
+            }
+            if u32::from(*r.start()) > next {
+                self.error(
+                    list.span(),
+                    format!(
+                        "upstream {upstream:?}: slots {next}-{} are owned by no target",
+                        r.start() - 1
+                    ),
+                );
+            }
+            next = next.max(u32::from(*r.end()) + 1);
+            prev_end = Some(prev_end.map_or(*r.end(), |e| e.max(*r.end())));
+        }
+        if next < SLOT_COUNT as u32 && !spans.is_empty() {
+            self.error(
+                list.span(),
+                format!(
+                    "upstream {upstream:?}: slots {next}-{} are owned by no target",
+                    SLOT_COUNT - 1
+                ),
+            );
+        }
+    }
+
+    // ===== routes =====
+
+    fn routes(&mut self, f: &file::File, upstreams: &[Upstream]) -> Vec<Route> {
+        let mut out = Vec::new();
+        let mut names: HashSet<&str> = HashSet::new();
+        let known: Vec<&str> = f.upstreams.keys().map(|k| k.get_ref().as_str()).collect();
+        if f.routes.is_empty() {
+            self.errors.push(Diag {
+                span: None,
+                message: "no [[routes]]: every request would get 404".into(),
+            });
+        }
+        for r in &f.routes {
+            let rf = r.get_ref();
+            let name = rf.name.get_ref().as_str();
+            if !valid_name(name) || name == "none" {
+                self.error(rf.name.span(), bad_name_message("route", name));
+            }
+            if !names.insert(name) {
+                self.error(rf.name.span(), format!("route name {name:?} is used twice"));
+            }
+            let upstream = rf.upstream.get_ref();
+            if !upstreams.iter().any(|u| &u.name == upstream) && !known.contains(&upstream.as_str())
+            {
+                self.error(
+                    rf.upstream.span(),
+                    format!(
+                        "route {name:?}: upstream {upstream:?} is not defined (defined: {})",
+                        list_or_none(&known)
+                    ),
+                );
+            }
+            self.policy_ref(name, "jwt", &rf.jwt, f.jwt.keys());
+            self.policy_ref(name, "api_key", &rf.api_key, f.api_keys.keys());
+            self.policy_ref(name, "integrity", &rf.integrity, f.integrity.keys());
+            self.policy_ref(name, "rate_limit", &rf.rate_limit, f.rate_limits.keys());
+
+            let matcher = rf
+                .matcher
+                .as_ref()
+                .map(|m| self.matcher(m))
+                .unwrap_or_default();
+            let strip_prefix = rf.strip_prefix.as_ref().map(|s| {
+                let p = s.get_ref();
+                if !p.starts_with('/') {
+                    self.error(s.span(), format!("strip_prefix {p:?} must start with /"));
+                }
+                let trimmed = p.trim_end_matches('/');
+                if let Some(prefix) = &matcher.path_prefix {
+                    if !segment_prefix_of(trimmed, prefix) {
+                        self.warn(
+                            s.span(),
+                            format!("strip_prefix {p:?} is not a prefix of path_prefix {prefix:?}: some paths will be forwarded unchanged"),
+                        );
+                    }
+                }
+                trimmed.to_string()
+            });
+            let timeout = self.positive_duration(&rf.timeout, Duration::from_secs(5), "timeout");
+            let total_timeout = self.positive_duration(&rf.total_timeout, timeout, "total_timeout");
+            if let Some(x) = &rf.retry {
+                self.not_supported(x.span(), "retry", ISSUE_RESILIENCE);
+            }
+            if let Some(x) = &rf.fallback {
+                self.not_supported(x.span(), "fallback", ISSUE_RESILIENCE);
+            }
+            if let Some(x) = &rf.compress {
+                if *x.get_ref() {
+                    self.not_supported(x.span(), "compress", ISSUE_OPERATIONS);
+                }
+            }
+            for ips in [&rf.allow_ips, &rf.deny_ips].into_iter().flatten() {
+                self.cidrs(ips.get_ref());
+                self.not_supported(ips.span(), "allow_ips / deny_ips", ISSUE_SECURITY);
+            }
+            if let Some(x) = &rf.websocket {
+                if *x.get_ref() {
+                    self.not_supported(x.span(), "websocket", ISSUE_OPERATIONS);
+                }
+            }
+            let host_rewrite =
+                rf.host_rewrite
+                    .as_ref()
+                    .and_then(|h| match HeaderValue::from_str(h.get_ref()) {
+                        Ok(v) if !h.get_ref().is_empty() && !h.get_ref().contains(['/', ' ']) => {
+                            Some(v)
+                        }
+                        _ => {
+                            self.error(
+                                h.span(),
+                                format!("host_rewrite {:?} is not a host[:port]", h.get_ref()),
+                            );
+                            None
+                        }
+                    });
+            out.push(Route {
+                name: name.to_string(),
+                matcher,
+                upstream: upstream.clone(),
+                strip_prefix,
+                timeout,
+                total_timeout,
+                host_rewrite,
+            });
+        }
+        out
+    }
+
+    fn policy_ref<'k>(
+        &mut self,
+        route: &str,
+        what: &str,
+        value: &Option<Spanned<String>>,
+        defined: impl Iterator<Item = &'k Spanned<String>>,
+    ) {
+        let Some(v) = value else { return };
+        let names: Vec<&str> = defined.map(|k| k.get_ref().as_str()).collect();
+        if !names.contains(&v.get_ref().as_str()) {
+            self.error(
+                v.span(),
+                format!(
+                    "route {route:?}: {what} policy {:?} is not defined (defined: {})",
+                    v.get_ref(),
+                    list_or_none(&names)
+                ),
+            );
+        }
+    }
+
+    fn matcher(&mut self, m: &Spanned<file::MatchFile>) -> Match {
+        let mf = m.get_ref();
+        let host = mf.host.as_ref().and_then(|h| {
+            let text = h.get_ref().to_ascii_lowercase();
+            let bare = text.strip_prefix("*.").unwrap_or(&text);
+            if text.is_empty() || text.contains(':') || bare.contains('*') || bare.contains('/') {
+                self.error(h.span(), format!("host {:?} must be a host name without port, optionally starting with \"*.\"", h.get_ref()));
+                return None;
+            }
+            Some(match text.strip_prefix('*') {
+                Some(suffix) => HostMatch::Suffix(suffix.to_string()),
+                None => HostMatch::Exact(text),
+            })
+        });
+        let path_like = |v: &Option<Spanned<String>>, what: &str, this: &mut Self| {
+            v.as_ref().map(|p| {
+                if !p.get_ref().starts_with('/') {
+                    this.error(
+                        p.span(),
+                        format!("{what} {:?} must start with /", p.get_ref()),
+                    );
+                }
+                p.get_ref().clone()
+            })
+        };
+        let path = path_like(&mf.path, "path", self);
+        let path_prefix = path_like(&mf.path_prefix, "path_prefix", self).map(|p| {
+            let t = p.trim_end_matches('/');
+            if t.is_empty() {
+                "/".to_string()
+            } else {
+                t.to_string()
+            }
+        });
+        let path_regex = mf.path_regex.as_ref().and_then(|r| {
+            match regex::RegexBuilder::new(r.get_ref())
+                .size_limit(1 << 20)
+                .build()
+            {
+                Ok(re) => Some(re),
+                Err(e) => {
+                    // regex errors span several lines (a caret diagram); keep the reason.
+                    let msg = e.to_string();
+                    let reason = msg
+                        .lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("invalid");
+                    let reason = reason.trim().trim_start_matches("error: ");
+                    self.error(r.span(), format!("path_regex: {reason}"));
+                    None
+                }
+            }
+        });
+        let methods = mf.methods.as_ref().map(|list| {
+            let mut out = Vec::new();
+            if list.is_empty() {
+                self.error(m.span(), "methods is empty: the route would match nothing");
+            }
+            for s in list {
+                let text = s.get_ref();
+                match Method::from_bytes(text.as_bytes()) {
+                    Ok(method) if text.bytes().all(|b| !b.is_ascii_lowercase()) => out.push(method),
+                    _ => self.error(
+                        s.span(),
+                        format!(
+                            "{text:?} is not an HTTP method (write it upper-case, e.g. \"GET\")"
+                        ),
+                    ),
+                }
+            }
+            out
+        });
+        let mut headers = Vec::new();
+        for (name, value) in mf.headers.iter().flatten() {
+            let hn = HeaderName::from_bytes(name.get_ref().to_ascii_lowercase().as_bytes());
+            let hv = HeaderValue::from_str(value.get_ref());
+            match (hn, hv) {
+                (Ok(n), Ok(v)) => headers.push((n, v)),
+                (Err(_), _) => self.error(
+                    name.span(),
+                    format!("{:?} is not a header name", name.get_ref()),
+                ),
+                (_, Err(_)) => self.error(value.span(), "not a valid header value"),
+            }
+        }
+        Match {
+            host,
+            path,
+            path_prefix,
+            path_regex,
+            methods,
+            headers,
+        }
+    }
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128).
+pub(crate) fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+        .map(|n| n.trunc())
+}
+
+/// `"0-5460"`, `"42"` or `42`, within 0..=16383.
+fn parse_slot_range(v: &SlotsValue) -> Result<RangeInclusive<u16>, String> {
+    let max = SLOT_COUNT as i64 - 1;
+    let one = |n: i64| -> Result<u16, String> {
+        if (0..=max).contains(&n) {
+            Ok(n as u16)
+        } else {
+            Err(format!("slot {n} is outside 0..={max}"))
+        }
+    };
+    match v {
+        SlotsValue::One(n) => one(*n).map(|s| s..=s),
+        SlotsValue::Range(text) => {
+            let parse = |s: &str| -> Result<u16, String> {
+                s.trim()
+                    .parse::<i64>()
+                    .map_err(|_| format!("slots {text:?}: write \"FIRST-LAST\" or a single slot"))
+                    .and_then(one)
+            };
+            match text.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (parse(a)?, parse(b)?);
+                    if a > b {
+                        return Err(format!("slots {text:?}: {a} is after {b}"));
+                    }
+                    Ok(a..=b)
+                }
+                None => parse(text).map(|s| s..=s),
+            }
+        }
+    }
+}
+
+/// Names of routes, upstreams, listeners and policies end up in metric labels and URLs.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+fn bad_name_message(what: &str, name: &str) -> String {
+    if name == "none" {
+        return format!("{what} name \"none\" is reserved (it labels requests no route matched)");
+    }
+    format!("{what} name {name:?} must be 1-64 characters of letters, digits, '_', '-', '.'")
+}
+
+fn list_or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Whether `prefix` is `path` or a parent of it, segment-wise.
+fn segment_prefix_of(prefix: &str, path: &str) -> bool {
+    prefix.is_empty()
+        || path == prefix
+        || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+/// The file as JSON for `GET /admin/config`. Secrets are never inline (only `*_env` names and
+/// `*_file` paths are), except a Redis URL that may carry a password: that is masked.
+fn redacted_view(f: &file::File) -> serde_json::Value {
+    let mut v = serde_json::to_value(f).unwrap_or(serde_json::Value::Null);
+    if let Some(url) = v.pointer_mut("/redis/url") {
+        if let Some(s) = url.as_str() {
+            *url = serde_json::Value::String(redact_url(s));
+        }
+    }
+    v
+}
+
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://<redacted>@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_ranges_parse_in_every_written_form() {
+        assert_eq!(
+            parse_slot_range(&SlotsValue::Range("0-5460".into())),
+            Ok(0..=5460)
+        );
+        assert_eq!(
+            parse_slot_range(&SlotsValue::Range("42".into())),
+            Ok(42..=42)
+        );
+        assert_eq!(parse_slot_range(&SlotsValue::One(16383)), Ok(16383..=16383));
+        assert!(parse_slot_range(&SlotsValue::One(16384)).is_err());
+        assert!(parse_slot_range(&SlotsValue::Range("10-5".into())).is_err());
+        assert!(parse_slot_range(&SlotsValue::Range("a-b".into())).is_err());
+    }
+
+    #[test]
+    fn redis_passwords_are_masked() {
+        assert_eq!(
+            redact_url("redis://:pw@127.0.0.1:6379"),
+            "redis://<redacted>@127.0.0.1:6379"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+
+    #[test]
+    fn cidrs_accept_bare_addresses() {
+        assert_eq!(parse_cidr("10.1.2.3"), Some("10.1.2.3/32".parse().unwrap()));
+        assert_eq!(
+            parse_cidr("10.1.2.3/8"),
+            Some("10.0.0.0/8".parse().unwrap())
+        );
+        assert_eq!(
+            parse_cidr("2001:db8::/32"),
+            Some("2001:db8::/32".parse().unwrap())
+        );
+        assert_eq!(parse_cidr("10.0.0.0/33"), None);
+    }
+}

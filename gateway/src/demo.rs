@@ -1,0 +1,124 @@
+//! `gateway demo`: the sample sharded backends and the gateway with `config/demo.toml`, on
+//! loopback, in one process; prints what to try; Ctrl-C stops everything.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::config::{self, Config, Mode};
+
+/// The demo config, built in so `gateway demo` works from any directory.
+pub const DEMO_TOML: &str = include_str!("../../config/demo.toml");
+
+/// Run the demo until Ctrl-C / SIGTERM.
+pub fn run(path: Option<PathBuf>) -> Result<(), String> {
+    let default = PathBuf::from("config/demo.toml");
+    let loaded = match path {
+        Some(p) => config::load(&p, Mode::Run),
+        None if default.exists() => config::load(&default, Mode::Run),
+        None => config::load_str(
+            Path::new("config/demo.toml (built in)"),
+            DEMO_TOML,
+            Mode::Run,
+        ),
+    }
+    .map_err(|errors| errors.join("\n"))?;
+    let config = loaded.config;
+    crate::telemetry::raise_open_file_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(async move {
+        let backends = start_backends(&config).await?;
+        let bound = crate::edge::bind(&config)?;
+        print_banner(&config, &bound, backends.len());
+        let result = crate::edge::serve(config, bound, backends::shutdown_signal()).await;
+        for b in backends {
+            b.shutdown().await;
+        }
+        println!("demo stopped");
+        result
+    })
+}
+
+/// One sample backend per target and backup address of the config, named after the target
+/// (`users-0`) or as its replica (`users-0-replica`).
+async fn start_backends(config: &Config) -> Result<Vec<backends::Handle>, String> {
+    let mut handles = Vec::new();
+    for u in &config.upstreams {
+        for t in &u.targets {
+            let mut names = vec![(t.addr, t.id.clone())];
+            for (k, b) in t.backups.iter().enumerate() {
+                let name = if k == 0 {
+                    format!("{}-replica", t.id)
+                } else {
+                    format!("{}-replica{}", t.id, k + 1)
+                };
+                names.push((*b, name));
+            }
+            for (addr, name) in names {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("backend {name}: cannot listen on {addr}: {e}"))?;
+                let opts = backends::Options {
+                    name,
+                    ..backends::Options::default()
+                };
+                handles.push(backends::spawn(listener, &opts).map_err(|e| e.to_string())?);
+            }
+        }
+    }
+    Ok(handles)
+}
+
+fn print_banner(config: &Config, bound: &crate::edge::Bound, backends: usize) {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "\ngateway demo: {backends} sample backends and the gateway are up ({})\n\n",
+        config.summary()
+    ));
+    let mut https: Option<SocketAddr> = None;
+    let mut http: Option<SocketAddr> = None;
+    for l in &config.listeners {
+        let addr = bound.addr(&l.name).unwrap_or(l.listen);
+        let scheme = if l.tls.is_some() { "https" } else { "http" };
+        out.push_str(&format!("  listener {:<8} {scheme}://{addr}\n", l.name));
+        if l.tls.is_some() {
+            https.get_or_insert(addr);
+        } else if l.redirect_https.is_none() {
+            http.get_or_insert(addr);
+        }
+    }
+    if let Some(a) = &config.admin {
+        out.push_str(&format!(
+            "  admin             http://{}/metrics  /readyz  /admin/upstreams  /admin/config\n",
+            a.listen
+        ));
+    }
+    out.push_str("\nTry:\n");
+    if let Some(addr) = https {
+        out.push_str(&format!(
+            "  curl -sk --http2 https://localhost:{}/api/users/42              # HTTP/2 over TLS (self-signed)\n",
+            addr.port()
+        ));
+    }
+    if let Some(addr) = http {
+        out.push_str(&format!(
+            "  curl -s http://{addr}/api/users/42                         # HTTP/1.1\n"
+        ));
+        out.push_str(&format!(
+            "  curl -s http://{addr}/api/orders/7                         # weighted 3:1 over two targets\n"
+        ));
+        out.push_str(&format!(
+            "  curl -si http://{addr}/nowhere                             # 404 with a request id\n"
+        ));
+    }
+    if let Some(a) = &config.admin {
+        out.push_str(&format!(
+            "  curl -s http://{}/metrics | grep '^gateway_requests_total'\n  curl -s http://{}/admin/upstreams\n",
+            a.listen, a.listen
+        ));
+    }
+    out.push_str("\nAccess logs: RUST_LOG=info gateway demo.  Ctrl-C stops everything.\n");
+    println!("{out}");
+}

@@ -1,0 +1,258 @@
+//! (1) Bytes to requests: listeners, the accept loop with its connection limit, and graceful
+//! drain. Each accepted connection goes to `conn.rs` (TLS, HTTP/1 or HTTP/2, limits), whose
+//! requests go to the edge stack (`stack.rs`).
+
+pub mod conn;
+pub mod io;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::policy::request_id::Snowflake;
+use crate::runtime::Runtime;
+
+/// What every request of a connection knows about where it came in.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub listener: Arc<ListenerInfo>,
+}
+
+#[derive(Debug)]
+pub struct ListenerInfo {
+    pub name: String,
+    pub https: bool,
+    pub redirect_https: Option<u16>,
+}
+
+/// State of the process that outlives config generations.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub metrics: Arc<Metrics>,
+    pub ids: Arc<Snowflake>,
+    pub started: Instant,
+    draining: AtomicBool,
+    drain_tx: watch::Sender<bool>,
+    connections: AtomicUsize,
+    connections_done: Notify,
+}
+
+impl Shared {
+    pub fn new(runtime: Runtime, metrics: Arc<Metrics>, ids: Arc<Snowflake>) -> Self {
+        Self {
+            runtime: ArcSwap::from_pointee(runtime),
+            metrics,
+            ids,
+            started: Instant::now(),
+            draining: AtomicBool::new(false),
+            drain_tx: watch::channel(false).0,
+            connections: AtomicUsize::new(0),
+            connections_done: Notify::new(),
+        }
+    }
+
+    /// Resolves (changes to `true`) when the gateway starts draining.
+    pub fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.drain_tx.subscribe()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Client connections open now, on every listener.
+    pub fn open_connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// Stop accepting, tell every connection to finish its requests and close.
+    fn start_drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.drain_tx.send_replace(true);
+    }
+}
+
+/// Listeners bound before serving, so a taken port fails the start, not the first request.
+/// Tests bind `127.0.0.1:0` and read the real addresses from here.
+#[derive(Debug)]
+pub struct Bound {
+    pub listeners: Vec<(String, std::net::TcpListener)>,
+    pub admin: Option<std::net::TcpListener>,
+}
+
+impl Bound {
+    pub fn addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == listener)
+            .and_then(|(_, l)| l.local_addr().ok())
+    }
+}
+
+/// Bind every listener and the admin port of `config`.
+pub fn bind(config: &Config) -> Result<Bound, String> {
+    let mut listeners = Vec::new();
+    for l in &config.listeners {
+        let socket = bind_one(l.listen)
+            .map_err(|e| format!("listener {:?}: cannot listen on {}: {e}", l.name, l.listen))?;
+        listeners.push((l.name.clone(), socket));
+    }
+    let admin = match &config.admin {
+        Some(a) => Some(
+            bind_one(a.listen).map_err(|e| format!("admin: cannot listen on {}: {e}", a.listen))?,
+        ),
+        None => None,
+    };
+    Ok(Bound { listeners, admin })
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Serve `config` on `bound` until `shutdown` resolves, then drain: stop accepting, let
+/// in-flight requests finish (up to `drain_timeout`), return.
+pub async fn serve(
+    config: Config,
+    bound: Bound,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let metrics = Arc::new(Metrics::new());
+    let ids = Arc::new(Snowflake::new(config.server.node_id));
+    let drain_timeout = config.server.drain_timeout;
+    let summary = config.summary();
+    let runtime = Runtime::build(Arc::new(config), &metrics, &ids, 1)?;
+    let shared = Arc::new(Shared::new(runtime, metrics, ids));
+
+    let mut accept_tasks = Vec::new();
+    for (name, std_listener) in bound.listeners {
+        let listener =
+            TcpListener::from_std(std_listener).map_err(|e| format!("listener {name:?}: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(listener = %name, %addr, "listener bound");
+        accept_tasks.push(tokio::spawn(accept_loop(listener, name, shared.clone())));
+    }
+    if let Some(std_listener) = bound.admin {
+        let listener = TcpListener::from_std(std_listener).map_err(|e| format!("admin: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(%addr, "admin bound");
+        tokio::spawn(crate::admin::serve(listener, shared.clone()));
+    }
+    tracing::info!(%summary, generation = 1, "gateway ready");
+
+    shutdown.await;
+
+    let open = shared.open_connections();
+    tracing::info!(
+        open_connections = open,
+        drain_timeout_ms = drain_timeout.as_millis() as u64,
+        "draining"
+    );
+    shared.start_drain();
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    let drained = tokio::time::timeout(drain_timeout, async {
+        loop {
+            let notified = shared.connections_done.notified();
+            if shared.open_connections() == 0 {
+                break;
+            }
+            notified.await;
+        }
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::info!("drained: every connection closed"),
+        Err(_) => tracing::warn!(
+            open_connections = shared.open_connections(),
+            "drain_timeout reached: closing the remaining connections"
+        ),
+    }
+    Ok(())
+}
+
+/// Counts a connection as open while it lives, on the listener and for the drain.
+struct ConnGuard {
+    shared: Arc<Shared>,
+    active: prometheus::IntGauge,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.active.dec();
+        if self.shared.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.connections_done.notify_waiters();
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, name: String, shared: Arc<Shared>) {
+    let mut drain = shared.drain_signal();
+    let mut refused_logged = Instant::now() - Duration::from_secs(60);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = drain.changed() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let (listener_rt, max) = {
+            let rt = shared.runtime.load();
+            (
+                rt.listener(&name).cloned(),
+                rt.config.limits.max_connections,
+            )
+        };
+        let Some(listener_rt) = listener_rt else {
+            continue;
+        };
+        let active = listener_rt.metrics.active.clone();
+        if active.get() >= max as i64 {
+            if refused_logged.elapsed() > Duration::from_secs(10) {
+                refused_logged = Instant::now();
+                tracing::warn!(listener = %name, max_connections = max, "connection limit reached: closing new connections at accept");
+            }
+            drop(stream);
+            continue;
+        }
+        active.inc();
+        shared.connections.fetch_add(1, Ordering::AcqRel);
+        let guard = ConnGuard {
+            shared: shared.clone(),
+            active,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            conn::serve(stream, peer, listener_rt, shared).await;
+        });
+    }
+    tracing::info!(listener = %name, "stopped accepting");
+}

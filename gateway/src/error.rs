@@ -1,0 +1,135 @@
+//! The one place an error becomes an HTTP status (SPEC §4).
+//!
+//! Every layer returns a `GatewayError`; the route's observe layer (`policy/observe.rs`) turns
+//! it into the JSON answer `{"error": ..., "request_id": ...}`. Bodies never carry internals:
+//! the detail goes to the log line.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::ResBody;
+
+/// Why the gateway answered instead of the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no route matches")]
+    NoRoute,
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    #[error("request body larger than max_body_bytes")]
+    BodyTooLarge,
+    #[error("no upstream target available")]
+    NoTarget,
+    #[error("upstream connect failed: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("upstream did not answer within the route timeout")]
+    UpstreamTimeout,
+    #[error("upstream failed: {0}")]
+    Upstream(#[source] hyper::Error),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Connect(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// What the client is told: short, stable, no internals.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "no route",
+            Self::BadRequest(what) => what,
+            Self::BodyTooLarge => "request body too large",
+            Self::NoTarget => "no upstream target available",
+            Self::Connect(_) | Self::Upstream(_) => "upstream failed",
+            Self::UpstreamTimeout => "upstream timed out",
+        }
+    }
+
+    /// A short machine-readable reason for the access log.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::BadRequest(_) => "bad_request",
+            Self::BodyTooLarge => "body_too_large",
+            Self::NoTarget => "no_target",
+            Self::Connect(_) => "connect_error",
+            Self::UpstreamTimeout => "timeout",
+            Self::Upstream(_) => "upstream_error",
+        }
+    }
+
+    /// The JSON answer for this error.
+    pub fn to_response(&self, request_id: &HeaderValue) -> Response<ResBody> {
+        let mut res = json_error(self.status(), self.public_message(), request_id);
+        if matches!(self, Self::BodyTooLarge) {
+            // The rest of the body may still be on the wire; do not reuse the connection.
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        res
+    }
+}
+
+/// `{"error": message, "request_id": id}` with `status`.
+pub fn json_error(
+    status: StatusCode,
+    message: &str,
+    request_id: &HeaderValue,
+) -> Response<ResBody> {
+    let mut body = String::with_capacity(48 + message.len());
+    body.push_str("{\"error\":");
+    push_json_string(&mut body, message);
+    body.push_str(",\"request_id\":");
+    push_json_string(&mut body, request_id.to_str().unwrap_or(""));
+    body.push_str("}\n");
+    let mut res = Response::new(ResBody::full(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn errors_are_json_with_the_request_id() {
+        let res = GatewayError::NoRoute.to_response(&HeaderValue::from_static("42"));
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "no route");
+        assert_eq!(v["request_id"], "42");
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut s = String::new();
+        push_json_string(&mut s, "a\"b\\c\n");
+        assert_eq!(s, r#""a\"b\\c\u000a""#);
+    }
+}

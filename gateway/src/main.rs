@@ -1,0 +1,180 @@
+//! `gateway`: the command line (SPEC §2). The only place that exits non-zero.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gateway::config::{self, Mode};
+
+#[derive(Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "A layered API gateway and reverse proxy",
+    args_conflicts_with_subcommands = false
+)]
+struct Cli {
+    /// Config file (TOML). `diff` takes it twice: old, then new.
+    #[arg(short = 'c', long = "config", global = true)]
+    config: Vec<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve until SIGTERM/SIGINT (graceful drain)
+    Run,
+    /// Validate a config without serving
+    Check,
+    /// Start the sample sharded backends and the gateway with config/demo.toml
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None | Some(Command::Run) => match one_config(&cli.config) {
+            Ok(path) => run(path),
+            Err(code) => code,
+        },
+        Some(Command::Check) => match one_config(&cli.config) {
+            Ok(path) => check(path),
+            Err(code) => code,
+        },
+        Some(Command::Demo) => demo(cli.config.first().cloned()),
+    }
+}
+
+fn one_config(paths: &[PathBuf]) -> Result<PathBuf, ExitCode> {
+    match paths {
+        [p] => Ok(p.clone()),
+        [] => {
+            eprintln!(
+                "gateway: no config file: pass -c FILE (try `gateway check -c config/demo.toml`)"
+            );
+            Err(ExitCode::from(2))
+        }
+        _ => {
+            eprintln!("gateway: this command takes one -c FILE");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn check(path: PathBuf) -> ExitCode {
+    install_crypto_provider();
+    match config::load(&path, Mode::Check) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("{w}");
+            }
+            println!("{}: ok: {}", path.display(), loaded.config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "{}: {} error{}",
+                path.display(),
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let _log = gateway::telemetry::init("info");
+    install_crypto_provider();
+    let loaded = match config::load(&path, Mode::Run) {
+        Ok(l) => l,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let config = loaded.config;
+    tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "starting");
+    gateway::telemetry::raise_open_file_limit();
+    let rt = match runtime(config.server.worker_threads) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let bound = gateway::edge::bind(&config)?;
+        gateway::edge::serve(config, bound, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "gateway stopped");
+            eprintln!("gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo(path: Option<PathBuf>) -> ExitCode {
+    let _log = gateway::telemetry::init("warn");
+    install_crypto_provider();
+    match gateway::demo::run(path) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    if worker_threads > 0 {
+        b.worker_threads(worker_threads);
+    }
+    b.build()
+}
+
+/// One crypto provider (aws-lc-rs) for the whole process, installed once.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Resolves on SIGTERM or SIGINT. SIGHUP asks for a reload, which is not built yet: it is
+/// logged instead of killing the process (its default action).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut hup = signal(SignalKind::hangup()).ok();
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => { tracing::info!(signal = "SIGINT", "shutting down"); return; }
+                Some(_) = async { match term.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!(signal = "SIGTERM", "shutting down");
+                    return;
+                }
+                Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::warn!(signal = "SIGHUP", "config reload is not built yet (issue #7): restart the gateway to apply a new config");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,9 @@
+//! (3) The route's policies, one file each, applied in the order `stack.rs` writes them.
+//!
+//! Request ids come first of all (before routing). Each route's stack then starts with
+//! `observe` (access log, metrics, the one place errors become answers) and the body limit.
+//! Auth, integrity and rate limiting land here with their issues.
+
+pub mod body_limit;
+pub mod observe;
+pub mod request_id;

@@ -1,0 +1,285 @@
+//! The first layer of every route (and of the "no route" answer): the one rescue that turns a
+//! `GatewayError` into its JSON answer, the access log line, and the route's metrics.
+//!
+//! The log line and the metrics are written when the response body is done (or dropped, when
+//! the client goes away), so they carry the full duration and the bytes sent.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
+use hyper::body::{Body, Frame, SizeHint};
+use ipnet::IpNet;
+use tower::{Layer, Service};
+
+use crate::body::{ReqBody, ResBody};
+use crate::edge::ConnInfo;
+use crate::error::GatewayError;
+use crate::metrics::RouteMetrics;
+use crate::policy::request_id::X_REQUEST_ID;
+use crate::upstream::forward::client_ip;
+
+/// The client's address as the gateway believes it (SPEC §4, trusted proxies), for the
+/// layers after this one.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub IpAddr);
+
+/// What one route observes with.
+#[derive(Debug)]
+pub struct RouteObs {
+    pub name: Arc<str>,
+    pub metrics: RouteMetrics,
+    pub trusted_proxies: Arc<[IpNet]>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ObserveLayer {
+    obs: Arc<RouteObs>,
+}
+
+impl ObserveLayer {
+    pub fn new(obs: Arc<RouteObs>) -> Self {
+        Self { obs }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            obs: self.obs.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Observe<S> {
+    inner: S,
+    obs: Arc<RouteObs>,
+}
+
+impl<S> Service<Request<ReqBody>> for Observe<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>, Error = GatewayError>,
+{
+    type Response = Response<ObservedBody>;
+    type Error = Infallible;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The inner stack is always ready (no layer queues); an error here would be a bug
+        // surfaced as a 500 by the call that follows, never a panic.
+        match self.inner.poll_ready(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let start = Instant::now();
+        let conn = req.extensions().get::<Arc<ConnInfo>>().cloned();
+        let client = conn
+            .as_ref()
+            .map(|c| client_ip(c.peer.ip(), req.headers(), &self.obs.trusted_proxies));
+        if let Some(ip) = client {
+            req.extensions_mut().insert(ClientIp(ip));
+        }
+        let ctx = LogCtx {
+            obs: self.obs.clone(),
+            start,
+            id: req
+                .headers()
+                .get(X_REQUEST_ID)
+                .cloned()
+                .unwrap_or_else(|| HeaderValue::from_static("-")),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            conn,
+            client,
+            status: 0,
+            reason: None,
+        };
+        ObserveFuture {
+            inner: self.inner.call(req),
+            ctx: Some(ctx),
+        }
+    }
+}
+
+struct LogCtx {
+    obs: Arc<RouteObs>,
+    start: Instant,
+    id: HeaderValue,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    conn: Option<Arc<ConnInfo>>,
+    client: Option<IpAddr>,
+    status: u16,
+    reason: Option<&'static str>,
+}
+
+pin_project_lite::pin_project! {
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: F,
+        ctx: Option<LogCtx>,
+    }
+}
+
+impl<F> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, GatewayError>>,
+{
+    type Output = Result<Response<ObservedBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = match this.inner.poll(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => return Poll::Pending,
+        };
+        let Some(mut ctx) = this.ctx.take() else {
+            // Polled after completion: answer something sane rather than panic.
+            return Poll::Ready(Ok(Response::new(ObservedBody {
+                inner: ResBody::empty(),
+                ctx: None,
+                bytes: 0,
+                ended: false,
+            })));
+        };
+        let res = match result {
+            Ok(res) => res,
+            Err(err) => {
+                ctx.reason = Some(err.reason());
+                if matches!(err, GatewayError::Connect(_) | GatewayError::Upstream(_)) {
+                    tracing::warn!(request_id = %DisplayHeader(&ctx.id), route = %ctx.obs.name, error = %err, "upstream failure");
+                }
+                err.to_response(&ctx.id)
+            }
+        };
+        ctx.status = res.status().as_u16();
+        Poll::Ready(Ok(res.map(|inner| ObservedBody {
+            inner,
+            ctx: Some(ctx),
+            bytes: 0,
+            ended: false,
+        })))
+    }
+}
+
+/// The response body as it leaves the route: counts bytes, logs and records metrics once done.
+pub struct ObservedBody {
+    inner: ResBody,
+    ctx: Option<LogCtx>,
+    bytes: u64,
+    ended: bool,
+}
+
+impl ObservedBody {
+    /// A body that is not observed (the gateway's own answers outside any route).
+    pub fn unobserved(inner: ResBody) -> Self {
+        Self {
+            inner,
+            ctx: None,
+            bytes: 0,
+            ended: false,
+        }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.ended = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        let Some(ctx) = self.ctx.take() else { return };
+        let elapsed = ctx.start.elapsed();
+        let completed = self.ended || self.inner.is_end_stream() || ctx.method == Method::HEAD;
+        ctx.obs.metrics.requests.inc(&ctx.method, ctx.status);
+        ctx.obs.metrics.duration.observe(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "access",
+            request_id = %DisplayHeader(&ctx.id),
+            listener = ctx.conn.as_ref().map_or("", |c| c.listener.name.as_str()),
+            client = %DisplayOpt(ctx.client),
+            protocol = version_str(ctx.version),
+            method = ctx.method.as_str(),
+            path = ctx.uri.path(),
+            route = &*ctx.obs.name,
+            status = ctx.status,
+            upstream_target = self.inner.target().unwrap_or(""),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            bytes = self.bytes,
+            completed,
+            error = ctx.reason.unwrap_or(""),
+        );
+    }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/?",
+    }
+}
+
+/// Prints a header value without allocating (ids are ASCII by construction).
+struct DisplayHeader<'a>(&'a HeaderValue);
+
+impl std::fmt::Display for DisplayHeader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.to_str().unwrap_or("-"))
+    }
+}
+
+struct DisplayOpt(Option<IpAddr>);
+
+impl std::fmt::Display for DisplayOpt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => ip.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! (2) Which route? Path normalisation, the route table, and dispatch to the route's stack.
+//!
+//! Comes after the request id (`policy/request_id.rs`) and before the route's own stack
+//! (`stack.rs`). Requests no route matches (and every request on a `redirect_https`
+//! listener) go to the fallback stack: a 404, or a 308 to HTTPS.
+
+pub mod rewrite;
+pub mod table;
+
+use std::convert::Infallible;
+use std::future::Ready;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use tower::util::{BoxCloneSyncService, Oneshot};
+use tower::{Service, ServiceExt};
+
+use crate::body::{ReqBody, ResBody};
+use crate::edge::ConnInfo;
+use crate::error::GatewayError;
+use crate::policy::observe::ObservedBody;
+use table::RouteTable;
+
+/// A route's whole stack, type-erased so every route fits one table.
+pub type RouteService = BoxCloneSyncService<Request<ReqBody>, Response<ObservedBody>, Infallible>;
+
+/// Dispatches each request to the stack of the first route that matches it.
+#[derive(Clone, Debug)]
+pub struct Router {
+    inner: Arc<RouterInner>,
+}
+
+#[derive(Debug)]
+struct RouterInner {
+    table: RouteTable,
+    routes: Vec<RouteService>,
+    fallback: RouteService,
+}
+
+impl Router {
+    pub fn new(table: RouteTable, routes: Vec<RouteService>, fallback: RouteService) -> Self {
+        Self {
+            inner: Arc::new(RouterInner {
+                table,
+                routes,
+                fallback,
+            }),
+        }
+    }
+}
+
+impl Service<Request<ReqBody>> for Router {
+    type Response = Response<ObservedBody>;
+    type Error = Infallible;
+    type Future = Oneshot<RouteService, Request<ReqBody>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let redirect = parts
+            .extensions
+            .get::<Arc<ConnInfo>>()
+            .is_some_and(|c| c.listener.redirect_https.is_some());
+        let mut found = None;
+        if !redirect {
+            if let Some(normal) = rewrite::normalize_path(parts.uri.path()) {
+                if let Ok(uri) = rewrite::with_path(&parts.uri, &normal) {
+                    parts.uri = uri;
+                }
+            }
+            found = self.inner.table.find(&parts, parts.uri.path());
+        }
+        let svc = match found {
+            Some(i) => &self.inner.routes[i],
+            None => &self.inner.fallback,
+        };
+        svc.clone().oneshot(Request::from_parts(parts, body))
+    }
+}
+
+/// What answers when no route does: 404, or on a `redirect_https` listener a 308 to HTTPS.
+#[derive(Clone, Debug, Default)]
+pub struct Fallback;
+
+impl Service<Request<ReqBody>> for Fallback {
+    type Response = Response<ResBody>;
+    type Error = GatewayError;
+    type Future = Ready<Result<Response<ResBody>, GatewayError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let port = req
+            .extensions()
+            .get::<Arc<ConnInfo>>()
+            .and_then(|c| c.listener.redirect_https);
+        std::future::ready(match port {
+            Some(port) => redirect(&req, port),
+            None => Err(GatewayError::NoRoute),
+        })
+    }
+}
+
+fn redirect(req: &Request<ReqBody>, port: u16) -> Result<Response<ResBody>, GatewayError> {
+    let host = table::request_host(req.uri(), req.headers())
+        .filter(|h| !h.is_empty())
+        .ok_or(GatewayError::BadRequest("missing Host"))?;
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{port}{pq}")
+    };
+    let location =
+        HeaderValue::from_str(&location).map_err(|_| GatewayError::BadRequest("invalid Host"))?;
+    let mut res = Response::new(ResBody::empty());
+    *res.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    res.headers_mut().insert(header::LOCATION, location);
+    res.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    Ok(res)
+}

@@ -1,0 +1,145 @@
+//! One config generation made live: listeners' TLS, upstreams with their pools and balancers,
+//! route stacks and the edge stack. Built whole from a validated `Config`, then swapped in
+//! atomically (`ArcSwap` in `edge::Shared`); requests in flight keep the generation they
+//! started on.
+
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::edge::tls::{self, CertMaterial};
+use crate::edge::ListenerInfo;
+use crate::metrics::{ListenerMetrics, Metrics};
+use crate::policy::observe::RouteObs;
+use crate::policy::request_id::Snowflake;
+use crate::route::table::RouteTable;
+use crate::route::Router;
+use crate::stack;
+pub use crate::stack::EdgeService;
+use crate::upstream::{ForwardConfig, UpstreamRt};
+
+/// A listener's per-generation parts.
+pub struct ListenerRt {
+    pub info: Arc<ListenerInfo>,
+    pub tls: Option<TlsAcceptor>,
+    pub certs: Vec<Arc<CertMaterial>>,
+    pub metrics: ListenerMetrics,
+}
+
+impl std::fmt::Debug for ListenerRt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerRt")
+            .field("info", &self.info)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+pub struct Runtime {
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub edge: EdgeService,
+    pub upstreams: Vec<Arc<UpstreamRt>>,
+    pub listeners: Vec<Arc<ListenerRt>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Build a generation. Fails only on what validation cannot know (a self-signed
+    /// certificate that cannot be made, say).
+    pub fn build(
+        config: Arc<Config>,
+        metrics: &Metrics,
+        ids: &Arc<Snowflake>,
+        generation: u64,
+    ) -> Result<Self, String> {
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let (tls, certs) = match &l.tls {
+                Some(t) => {
+                    let (server_config, certs) =
+                        tls::server_config(t).map_err(|e| format!("listener {:?}: {e}", l.name))?;
+                    (Some(TlsAcceptor::from(server_config)), certs)
+                }
+                None => (None, Vec::new()),
+            };
+            for c in &certs {
+                metrics
+                    .tls_cert_expiry
+                    .with_label_values(&[l.name.as_str(), c.label.as_str()])
+                    .set(c.not_after);
+            }
+            listeners.push(Arc::new(ListenerRt {
+                info: Arc::new(ListenerInfo {
+                    name: l.name.clone(),
+                    https: l.tls.is_some(),
+                    redirect_https: l.redirect_https,
+                }),
+                metrics: metrics.listener(&l.name, l.tls.is_some()),
+                tls,
+                certs,
+            }));
+        }
+
+        let upstreams: Vec<Arc<UpstreamRt>> = config
+            .upstreams
+            .iter()
+            .map(|u| Arc::new(UpstreamRt::build(u, metrics)))
+            .collect();
+
+        let trusted: Arc<[IpNet]> = config.server.trusted_proxies.clone().into();
+        let mut stacks = Vec::with_capacity(config.routes.len());
+        for r in &config.routes {
+            let upstream = upstreams
+                .iter()
+                .find(|u| u.name == r.upstream)
+                .cloned()
+                .ok_or_else(|| format!("route {:?}: upstream {:?} missing", r.name, r.upstream))?;
+            let obs = Arc::new(RouteObs {
+                name: r.name.as_str().into(),
+                metrics: metrics.route(&r.name),
+                trusted_proxies: trusted.clone(),
+            });
+            stacks.push(stack::route_stack(
+                obs,
+                config.limits.max_body_bytes,
+                r.strip_prefix.as_deref(),
+                ForwardConfig {
+                    upstream,
+                    timeout: r.timeout,
+                    total_timeout: r.total_timeout,
+                    host_rewrite: r.host_rewrite.clone(),
+                    trusted_proxies: trusted.clone(),
+                },
+            ));
+        }
+        let fallback = stack::fallback_stack(Arc::new(RouteObs {
+            name: "none".into(),
+            metrics: metrics.route("none"),
+            trusted_proxies: trusted,
+        }));
+        let table = RouteTable::new(config.routes.iter().map(|r| r.matcher.clone()).collect());
+        let router = Router::new(table, stacks, fallback);
+        let edge = stack::edge_stack(ids.clone(), config.server.trust_request_id, router);
+        Ok(Self {
+            generation,
+            config,
+            edge,
+            upstreams,
+            listeners,
+        })
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerRt>> {
+        self.listeners.iter().find(|l| l.info.name == name)
+    }
+}

@@ -1,0 +1,53 @@
+//! The layer chains, in request order. Reading this file is reading the request path.
+//!
+//! ```text
+//! edge_stack:  request id → router ─┬─ route_stack (first matching route)
+//!                                   └─ fallback_stack (404, or 308 on redirect listeners)
+//! route_stack: observe (log, metrics, errors → JSON) → body limit → rewrite → upstream
+//! ```
+//! Stacks are built once per config generation (`runtime.rs`), never per request.
+
+use std::sync::Arc;
+
+use tower::util::BoxCloneSyncService;
+use tower::ServiceBuilder;
+
+use crate::policy::body_limit::BodyLimitLayer;
+use crate::policy::observe::{ObserveLayer, RouteObs};
+use crate::policy::request_id::{RequestId, RequestIdLayer, Snowflake};
+use crate::route::rewrite::RewriteLayer;
+use crate::route::{Fallback, RouteService, Router};
+use crate::upstream::{Forward, ForwardConfig};
+
+/// What hyper calls for every request of a config generation.
+pub type EdgeService = RequestId<Router>;
+
+/// Request id, then routing.
+pub fn edge_stack(ids: Arc<Snowflake>, trust_request_id: bool, router: Router) -> EdgeService {
+    ServiceBuilder::new()
+        .layer(RequestIdLayer::new(ids, trust_request_id))
+        .service(router)
+}
+
+/// One route: its policies in order, down to its upstream.
+pub fn route_stack(
+    obs: Arc<RouteObs>,
+    max_body_bytes: u64,
+    strip_prefix: Option<&str>,
+    forward: ForwardConfig,
+) -> RouteService {
+    let svc = ServiceBuilder::new()
+        .layer(ObserveLayer::new(obs))
+        .layer(BodyLimitLayer::new(max_body_bytes))
+        .layer(RewriteLayer::new(strip_prefix))
+        .service(Forward::new(forward));
+    BoxCloneSyncService::new(svc)
+}
+
+/// Requests no route takes.
+pub fn fallback_stack(obs: Arc<RouteObs>) -> RouteService {
+    let svc = ServiceBuilder::new()
+        .layer(ObserveLayer::new(obs))
+        .service(Fallback);
+    BoxCloneSyncService::new(svc)
+}

@@ -1,0 +1,327 @@
+//! What the upstream sees: the request rewritten for forwarding (origin-form URI, Host,
+//! `x-forwarded-*`, hop-by-hop headers removed) and the response cleaned on its way back.
+//!
+//! Client address (SPEC §4): the TCP peer, or, only when the peer is a trusted proxy, the
+//! last untrusted address of `X-Forwarded-For`. Incoming `x-forwarded-*` from untrusted peers
+//! are dropped and replaced.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Uri, Version};
+use ipnet::IpNet;
+
+use crate::error::GatewayError;
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1, plus the legacy ones).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    let ip = canonical(ip);
+    trusted.iter().any(|n| n.contains(&ip))
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) count as the IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client's address: the peer, or behind trusted proxies the last untrusted address of
+/// `X-Forwarded-For` (the leftmost when every hop is trusted).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    if trusted.is_empty() || !is_trusted(peer, trusted) {
+        return canonical(peer);
+    }
+    let mut client = canonical(peer);
+    // Walk the chain right to left: each hop was added by the one after it.
+    let values: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for v in values.iter().rev() {
+        for hop in v.rsplit(',') {
+            let Some(ip) = parse_hop(hop) else {
+                // Garbage in the chain: stop believing it here.
+                return client;
+            };
+            client = ip;
+            if !is_trusted(ip, trusted) {
+                return ip;
+            }
+        }
+    }
+    client
+}
+
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    // Some proxies write ip:port or [v6]:port.
+    hop.parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|s| canonical(s.ip()))
+}
+
+/// Remove hop-by-hop headers and every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// What forwarding needs to know about the hop the request came in on.
+pub struct Hop<'a> {
+    pub peer: IpAddr,
+    pub https: bool,
+    pub trusted_proxies: &'a [IpNet],
+    pub host_rewrite: Option<&'a HeaderValue>,
+}
+
+/// Rewrite a request's head for the upstream (HTTP/1.1, origin-form).
+pub fn prepare(parts: &mut Parts, hop: &Hop<'_>) -> Result<(), GatewayError> {
+    // The host the client asked for: HTTP/2's :authority and absolute-form carry it in the URI.
+    let authority_host = parts
+        .uri
+        .authority()
+        .map(|a| HeaderValue::from_str(a.as_str()))
+        .transpose()
+        .map_err(|_| GatewayError::BadRequest("invalid authority"))?;
+    if let Some(auth) = &authority_host {
+        let mut hosts = parts.headers.get_all(header::HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (None, _) => {
+                parts.headers.insert(header::HOST, auth.clone());
+            }
+            (Some(h), None) if h.as_bytes().eq_ignore_ascii_case(auth.as_bytes()) => {}
+            (Some(_), None) if parts.version == Version::HTTP_2 => {
+                // RFC 9113 §8.3.1: :authority wins over a Host header.
+                parts.headers.insert(header::HOST, auth.clone());
+            }
+            _ => {
+                return Err(GatewayError::BadRequest(
+                    "request target authority differs from Host",
+                ))
+            }
+        }
+    }
+    let client_host = parts.headers.get(header::HOST).cloned();
+
+    strip_hop_by_hop(&mut parts.headers);
+
+    let trusted = is_trusted(hop.peer, hop.trusted_proxies);
+    let peer = canonical(hop.peer);
+    // x-forwarded-for: the trusted chain plus the peer, or just the peer.
+    let xff = if trusted && parts.headers.contains_key(X_FORWARDED_FOR) {
+        let mut chain = String::new();
+        for v in parts.headers.get_all(X_FORWARDED_FOR) {
+            if let Ok(s) = v.to_str() {
+                if !chain.is_empty() {
+                    chain.push_str(", ");
+                }
+                chain.push_str(s);
+            }
+        }
+        chain.push_str(", ");
+        chain.push_str(&peer.to_string());
+        HeaderValue::from_str(&chain).ok()
+    } else {
+        HeaderValue::from_str(&peer.to_string()).ok()
+    };
+    if let Some(xff) = xff {
+        parts.headers.insert(X_FORWARDED_FOR, xff);
+    }
+    if !(trusted && parts.headers.contains_key(X_FORWARDED_PROTO)) {
+        parts.headers.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if hop.https { "https" } else { "http" }),
+        );
+    }
+    if !(trusted && parts.headers.contains_key(X_FORWARDED_HOST)) {
+        match &client_host {
+            Some(h) => {
+                parts.headers.insert(X_FORWARDED_HOST, h.clone());
+            }
+            None => {
+                parts.headers.remove(X_FORWARDED_HOST);
+            }
+        }
+    }
+    if let Some(h) = hop.host_rewrite {
+        parts.headers.insert(header::HOST, h.clone());
+    }
+
+    // Origin-form for the upstream.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(pq);
+    }
+    parts.version = Version::HTTP_11;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn req(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_spoof_their_address() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, "1.2.3.4".parse().unwrap());
+        let peer: IpAddr = "9.9.9.9".parse().unwrap();
+        assert_eq!(client_ip(peer, &h, &nets(&["10.0.0.0/8"])), peer);
+        assert_eq!(client_ip(peer, &h, &[]), peer);
+    }
+
+    #[test]
+    fn trusted_proxies_give_the_last_untrusted_hop() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, "6.6.6.6, 1.2.3.4".parse().unwrap());
+        h.append(X_FORWARDED_FOR, "10.0.0.2".parse().unwrap());
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_ip(peer, &h, &nets(&["10.0.0.0/8"])),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn removes_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-secret".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("upgrade", "foo".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn prepares_forwarded_headers_for_an_untrusted_peer() {
+        let mut p = req(
+            "/x?y=1",
+            &[
+                ("host", "api.example.com"),
+                ("x-forwarded-for", "1.1.1.1"),
+                ("x-forwarded-proto", "ftp"),
+                ("x-forwarded-host", "evil"),
+            ],
+        );
+        let hop = Hop {
+            peer: "127.0.0.1".parse().unwrap(),
+            https: true,
+            trusted_proxies: &[],
+            host_rewrite: None,
+        };
+        prepare(&mut p, &hop).unwrap();
+        assert_eq!(p.headers["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(p.headers["x-forwarded-proto"], "https");
+        assert_eq!(p.headers["x-forwarded-host"], "api.example.com");
+        assert_eq!(p.headers["host"], "api.example.com");
+        assert_eq!(p.uri, "/x?y=1");
+    }
+
+    #[test]
+    fn appends_the_peer_to_a_trusted_chain_and_rewrites_host() {
+        let mut p = req(
+            "/",
+            &[
+                ("host", "a.example"),
+                ("x-forwarded-for", "1.1.1.1"),
+                ("x-forwarded-proto", "https"),
+            ],
+        );
+        let trusted = nets(&["127.0.0.0/8"]);
+        let rewrite = HeaderValue::from_static("users.internal");
+        let hop = Hop {
+            peer: "127.0.0.1".parse().unwrap(),
+            https: false,
+            trusted_proxies: &trusted,
+            host_rewrite: Some(&rewrite),
+        };
+        prepare(&mut p, &hop).unwrap();
+        assert_eq!(p.headers["x-forwarded-for"], "1.1.1.1, 127.0.0.1");
+        assert_eq!(p.headers["x-forwarded-proto"], "https");
+        assert_eq!(p.headers["x-forwarded-host"], "a.example");
+        assert_eq!(p.headers["host"], "users.internal");
+    }
+
+    #[test]
+    fn http2_authority_becomes_the_host_and_origin_form() {
+        let mut p = req("https://api.example.com:8443/a?b", &[]);
+        p.version = Version::HTTP_2;
+        let hop = Hop {
+            peer: "::1".parse().unwrap(),
+            https: true,
+            trusted_proxies: &[],
+            host_rewrite: None,
+        };
+        prepare(&mut p, &hop).unwrap();
+        assert_eq!(p.headers["host"], "api.example.com:8443");
+        assert_eq!(p.uri, "/a?b");
+        assert_eq!(p.version, Version::HTTP_11);
+    }
+
+    #[test]
+    fn absolute_form_with_another_host_is_refused() {
+        let mut p = req("http://a.example/", &[("host", "b.example")]);
+        let hop = Hop {
+            peer: "127.0.0.1".parse().unwrap(),
+            https: false,
+            trusted_proxies: &[],
+            host_rewrite: None,
+        };
+        assert!(prepare(&mut p, &hop).is_err());
+    }
+}

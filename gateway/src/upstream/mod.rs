@@ -1,0 +1,355 @@
+//! (6) Talk to the target: the upstream service at the bottom of every route stack.
+//!
+//! Comes after the route's policies. It asks the balancer for a shard, the shard for its
+//! serving endpoint (primary, else first up backup), takes a pooled connection and sends the
+//! request with the route's per-attempt timeout. A connect error (nothing was sent) moves on to
+//! the balancer's next choice, once per target. Bodies stream both ways; the connection goes
+//! back to the pool when the response body ends.
+
+pub mod forward;
+pub mod pool;
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use ipnet::IpNet;
+use tokio::time::Instant;
+use tower::Service;
+
+use crate::balance::{self, Balance};
+use crate::body::{is_body_too_large, ReqBody, ResBody};
+use crate::config;
+use crate::edge::ConnInfo;
+use crate::endpoint::{Endpoint, Shard};
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use pool::Sender;
+
+/// One upstream of a config generation: its balancer over its shards.
+#[derive(Debug)]
+pub struct UpstreamRt {
+    pub name: String,
+    pub config: config::Upstream,
+    pub balancer: Box<dyn Balance>,
+    pub shards: Vec<Shard>,
+}
+
+impl UpstreamRt {
+    pub fn build(cfg: &config::Upstream, metrics: &Metrics) -> Self {
+        metrics.upstream(&cfg.name);
+        let shards = cfg
+            .targets
+            .iter()
+            .map(|t| {
+                let mut endpoints = Vec::with_capacity(1 + t.backups.len());
+                endpoints.push(Arc::new(Endpoint::new(
+                    t.id.clone(),
+                    t.addr,
+                    None,
+                    metrics.endpoint(&cfg.name, &t.id),
+                )));
+                for b in &t.backups {
+                    let id = b.to_string();
+                    endpoints.push(Arc::new(Endpoint::new(
+                        id.clone(),
+                        *b,
+                        Some(t.id.clone()),
+                        metrics.endpoint(&cfg.name, &id),
+                    )));
+                }
+                Shard {
+                    id: t.id.clone(),
+                    weight: t.weight,
+                    endpoints,
+                }
+            })
+            .collect();
+        Self {
+            name: cfg.name.clone(),
+            balancer: balance::build(cfg.balancer, &cfg.targets),
+            config: cfg.clone(),
+            shards,
+        }
+    }
+}
+
+/// How one route forwards to its upstream.
+#[derive(Debug)]
+pub struct ForwardConfig {
+    pub upstream: Arc<UpstreamRt>,
+    pub timeout: Duration,
+    pub total_timeout: Duration,
+    pub host_rewrite: Option<HeaderValue>,
+    pub trusted_proxies: Arc<[IpNet]>,
+}
+
+/// The bottom of a route stack.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    cfg: Arc<ForwardConfig>,
+}
+
+impl Forward {
+    pub fn new(cfg: ForwardConfig) -> Self {
+        Self { cfg: Arc::new(cfg) }
+    }
+}
+
+impl Service<Request<ReqBody>> for Forward {
+    type Response = Response<ResBody>;
+    type Error = GatewayError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResBody>, GatewayError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        Box::pin(forward(self.cfg.clone(), req))
+    }
+}
+
+/// Which shards a request has tried, without allocating for upstreams of up to 128 targets.
+struct Tried {
+    small: u128,
+    large: Vec<bool>,
+}
+
+impl Tried {
+    fn new(n: usize) -> Self {
+        Self {
+            small: 0,
+            large: if n > 128 { vec![false; n] } else { Vec::new() },
+        }
+    }
+    fn contains(&self, i: usize) -> bool {
+        if self.large.is_empty() {
+            self.small & (1 << i) != 0
+        } else {
+            self.large[i]
+        }
+    }
+    fn insert(&mut self, i: usize) {
+        if self.large.is_empty() {
+            self.small |= 1 << i;
+        } else {
+            self.large[i] = true;
+        }
+    }
+}
+
+async fn forward(
+    cfg: Arc<ForwardConfig>,
+    req: Request<ReqBody>,
+) -> Result<Response<ResBody>, GatewayError> {
+    let deadline = Instant::now() + cfg.total_timeout;
+    let (mut parts, body) = req.into_parts();
+    {
+        let conn = parts.extensions.get::<Arc<ConnInfo>>();
+        let hop = forward::Hop {
+            peer: conn.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.peer.ip()),
+            https: conn.is_some_and(|c| c.listener.https),
+            trusted_proxies: &cfg.trusted_proxies,
+            host_rewrite: cfg.host_rewrite.as_ref(),
+        };
+        forward::prepare(&mut parts, &hop)?;
+    }
+    // Extensions are ours, not the upstream's.
+    parts.extensions.clear();
+    let mut req = Request::from_parts(parts, body);
+
+    let up = &cfg.upstream;
+    let mut tried = Tried::new(up.shards.len());
+    let mut last_connect_error = None;
+    loop {
+        let pick = up
+            .balancer
+            .pick(None, &mut |i| !tried.contains(i) && up.shards[i].is_up());
+        let Some(i) = pick else {
+            return Err(match last_connect_error {
+                Some(e) => GatewayError::Connect(e),
+                None => GatewayError::NoTarget,
+            });
+        };
+        tried.insert(i);
+        let Some(ep) = up.shards[i].serving() else {
+            continue;
+        };
+        match send(ep, req, deadline, cfg.timeout, up.config.connect_timeout).await {
+            Sent::Response(res) => return Ok(res),
+            Sent::Failed(e) => return Err(e),
+            Sent::ConnectFailed(back, e) => {
+                ep.metrics.connect_error.inc();
+                tracing::debug!(upstream = %up.name, target = %ep.id, error = %e, "connect failed; trying the next target");
+                req = back;
+                last_connect_error = Some(e);
+                if Instant::now() >= deadline {
+                    return Err(GatewayError::UpstreamTimeout);
+                }
+            }
+        }
+    }
+}
+
+enum Sent {
+    Response(Response<ResBody>),
+    /// Nothing was sent: the request comes back for the next target.
+    ConnectFailed(Request<ReqBody>, io::Error),
+    Failed(GatewayError),
+}
+
+async fn send(
+    ep: &Arc<Endpoint>,
+    mut req: Request<ReqBody>,
+    deadline: Instant,
+    timeout: Duration,
+    connect_timeout: Duration,
+) -> Sent {
+    loop {
+        let (mut sender, reused) = match ep.pool.take_idle() {
+            Some(s) => (s, true),
+            None => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match ep.pool.connect(connect_timeout.min(left)).await {
+                    Ok(s) => (s, false),
+                    Err(e) => return Sent::ConnectFailed(req, e),
+                }
+            }
+        };
+        if reused && !sender.is_ready() {
+            // The previous response just ended; the connection's task catches up in a moment.
+            match tokio::time::timeout_at(deadline, sender.ready()).await {
+                Ok(Ok(())) => {}
+                _ => continue,
+            }
+        }
+        let in_flight = InFlight::new(ep.clone());
+        let start = Instant::now();
+        let attempt_deadline = deadline.min(start + timeout);
+        match tokio::time::timeout_at(attempt_deadline, sender.try_send_request(req)).await {
+            Err(_) => {
+                ep.metrics.timeout.inc();
+                return Sent::Failed(GatewayError::UpstreamTimeout);
+            }
+            Ok(Ok(res)) => {
+                ep.metrics.duration.observe(start.elapsed().as_secs_f64());
+                if res.status().is_server_error() {
+                    ep.metrics.error.inc();
+                } else {
+                    ep.metrics.ok.inc();
+                }
+                let (mut parts, body) = res.into_parts();
+                forward::strip_hop_by_hop(&mut parts.headers);
+                let body = UpstreamBody {
+                    inner: body,
+                    sender: Some(sender),
+                    in_flight,
+                    ended: false,
+                };
+                return Sent::Response(Response::from_parts(parts, ResBody::Upstream(body)));
+            }
+            Ok(Err(mut e)) => {
+                if let Some(back) = e.take_message() {
+                    // Not sent: the connection was closing. A pooled one may simply have been
+                    // closed by the upstream while idle; try another.
+                    req = back;
+                    if reused {
+                        continue;
+                    }
+                    return Sent::ConnectFailed(req, io::Error::other(e.into_error()));
+                }
+                let err = e.into_error();
+                if is_body_too_large(&err) {
+                    return Sent::Failed(GatewayError::BodyTooLarge);
+                }
+                ep.metrics.reset.inc();
+                return Sent::Failed(GatewayError::Upstream(err));
+            }
+        }
+    }
+}
+
+/// Counts a request in flight to an endpoint while it lives.
+#[derive(Debug)]
+struct InFlight {
+    endpoint: Arc<Endpoint>,
+}
+
+impl InFlight {
+    fn new(endpoint: Arc<Endpoint>) -> Self {
+        endpoint.metrics.in_flight.inc();
+        Self { endpoint }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.endpoint.metrics.in_flight.dec();
+    }
+}
+
+/// An upstream response body, streamed; its connection returns to the pool when it ends.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+    sender: Option<Sender>,
+    in_flight: InFlight,
+    ended: bool,
+}
+
+impl UpstreamBody {
+    /// The endpoint (`target` label) that answered.
+    pub fn target(&self) -> &str {
+        &self.in_flight.endpoint.id
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.ended = true,
+            Poll::Ready(Some(Ok(_))) => self.ended = self.inner.is_end_stream(),
+            Poll::Ready(Some(Err(_))) => {
+                // A body cut mid-way: the connection is not reusable.
+                self.sender = None;
+                self.in_flight.endpoint.metrics.reset.inc();
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // Only a body read to its end leaves the connection clean for the next request.
+        if let Some(sender) = self.sender.take() {
+            if self.ended || self.inner.is_end_stream() {
+                self.in_flight.endpoint.pool.put_back(sender);
+            }
+        }
+    }
+}

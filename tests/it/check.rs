@@ -1,0 +1,207 @@
+//! `gateway check`: a summary and exit 0, or every error as FILE:LINE:COL and exit 1.
+
+use crate::harness::{gateway_cmd, repo_root};
+
+fn check(config: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.toml");
+    std::fs::write(&path, config).unwrap();
+    let (code, out, err) = gateway_cmd(&["check", "-c", path.to_str().unwrap()], dir.path());
+    // Messages name the file as given; make them stable for assertions.
+    let p = path.to_str().unwrap();
+    (code, out.replace(p, "g.toml"), err.replace(p, "g.toml"))
+}
+
+#[test]
+fn the_demo_config_passes_on_a_fresh_clone() {
+    let (code, out, err) = gateway_cmd(&["check", "-c", "config/demo.toml"], &repo_root());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("config/demo.toml: ok: 2 listeners, 2 routes, 2 upstreams"),
+        "{out}"
+    );
+}
+
+#[test]
+fn every_example_config_passes() {
+    let dir = repo_root().join("config");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let rel = path
+                .strip_prefix(repo_root())
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
+            let (code, out, err) = gateway_cmd(&["check", "-c", &rel], &repo_root());
+            assert_eq!(code, 0, "{rel}: {out}{err}");
+        }
+    }
+}
+
+#[test]
+fn reports_every_semantic_error_with_line_and_column() {
+    let config = r#"[[listeners]]
+name = "http"
+listen = "127.0.0.1:99999"
+
+[upstreams.users]
+connect_timeout = "1 fortnight"
+targets = [
+  { addr = "127.0.0.1:9001", id = "u0" },
+  { addr = "127.0.0.1:9002", id = "u0" },
+]
+
+[[routes]]
+name = "users"
+upstream = "user"
+timeout = "5"
+
+[[routes]]
+name = "users"
+upstream = "users"
+match = { path_regex = "([a-z" }
+"#;
+    let (code, _out, err) = check(config);
+    assert_eq!(code, 1, "{err}");
+    let expect = [
+        "g.toml:3:10: listen \"127.0.0.1:99999\" is not an IP:PORT address",
+        "g.toml:6:19: duration \"1 fortnight\"",
+        "g.toml:9:35: target id \"u0\" is used twice in upstream \"users\"",
+        "g.toml:14:12: route \"users\": upstream \"user\" is not defined (defined: users)",
+        "g.toml:15:11: duration \"5\" has no unit",
+        "g.toml:18:8: route name \"users\" is used twice",
+        "g.toml:20:24: path_regex: unclosed character class",
+    ];
+    for e in expect {
+        assert!(err.contains(e), "missing {e:?} in:\n{err}");
+    }
+    assert!(err.contains("7 errors"), "{err}");
+}
+
+#[test]
+fn reports_the_first_syntax_or_schema_error_with_its_place() {
+    let (code, _, err) =
+        check("[[listeners]]\nname = \"http\"\nlisten = \"127.0.0.1:80\"\nlisten_backlog = 5\n");
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("g.toml:4:1: unknown field `listen_backlog`"),
+        "{err}"
+    );
+    let (code, _, err) = check("[server]\nnode_id = \n");
+    assert_eq!(code, 1);
+    assert!(err.starts_with("g.toml:2:"), "{err}");
+    let (code, _, err) = check("[upstreams.u]\nbalancer = \"fastest\"\ntargets = []\n");
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("g.toml:2:12: unknown variant `fastest`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn refuses_what_is_not_built_yet_instead_of_ignoring_it() {
+    let config = r#"[[listeners]]
+name = "http"
+listen = "127.0.0.1:8080"
+
+[upstreams.u]
+targets = [{ addr = "127.0.0.1:9001" }]
+health = { path = "/health" }
+
+[[routes]]
+name = "r"
+upstream = "u"
+retry = { attempts = 2 }
+"#;
+    let (code, _, err) = check(config);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("g.toml:7:10: health checks is not supported yet"),
+        "{err}"
+    );
+    assert!(
+        err.contains("g.toml:12:9: retry is not supported yet"),
+        "{err}"
+    );
+}
+
+#[test]
+fn checks_slot_ranges_and_files_the_config_names() {
+    let config = r#"[[listeners]]
+name = "https"
+listen = "127.0.0.1:8443"
+tls = { certs = [{ cert = "missing.pem", key = "missing.key" }] }
+
+[upstreams.u]
+balancer = "slots"
+hash_on = "header.x-user-id"
+targets = [
+  { addr = "127.0.0.1:9001", slots = ["0-9000"] },
+  { addr = "127.0.0.1:9002", slots = ["8000-16000"] },
+]
+
+[[routes]]
+name = "r"
+upstream = "u"
+"#;
+    let (code, _, err) = check(config);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("g.toml:4:27: certificate file \"missing.pem\""),
+        "{err}"
+    );
+    assert!(err.contains("slots 8000-16000 overlap slot 9000"), "{err}");
+    assert!(
+        err.contains("slots 16001-16383 are owned by no target"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unset_env_variable_warns_in_check_and_fails_run() {
+    let config = r#"[server]
+node_id_env = "GATEWAY_TEST_UNSET_NODE_ID"
+
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[upstreams.u]
+targets = [{ addr = "127.0.0.1:9001" }]
+
+[[routes]]
+name = "r"
+upstream = "u"
+"#;
+    let (code, out, err) = check(config);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("g.toml:2:15: warning: environment variable GATEWAY_TEST_UNSET_NODE_ID"),
+        "{err}"
+    );
+    assert!(out.contains("ok"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.toml");
+    std::fs::write(&path, config).unwrap();
+    let (code, _, err) = gateway_cmd(&["run", "-c", path.to_str().unwrap()], dir.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("environment variable GATEWAY_TEST_UNSET_NODE_ID"),
+        "{err}"
+    );
+}
+
+#[test]
+fn gateway_dash_c_alone_means_run_and_version_prints() {
+    let (code, out, _) = gateway_cmd(&["--version"], &repo_root());
+    assert_eq!(code, 0);
+    assert!(out.starts_with("gateway "), "{out}");
+    let (code, _, err) = gateway_cmd(&["-c", "/nonexistent/gateway.toml"], &repo_root());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("/nonexistent/gateway.toml: cannot read config"),
+        "{err}"
+    );
+}

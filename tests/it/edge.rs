@@ -1,0 +1,524 @@
+//! The edge: TLS with ALPN and SNI, limits, slowloris, error statuses, graceful drain.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::StatusCode;
+use rustls_pki_types::pem::PemObject;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::client::{self, closed_within, get, h2_send, raw, request, send, tls_connect};
+use crate::harness::{backend, backend_with, closed_port, simple_config, Gateway};
+
+fn tls_config(backend: std::net::SocketAddr, tls: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "https"
+listen = "127.0.0.1:0"
+tls = {tls}
+
+[upstreams.app]
+targets = [{{ addr = "{backend}" }}]
+
+[[routes]]
+name = "all"
+match = {{ path_prefix = "/" }}
+upstream = "app"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_http2_over_tls_when_alpn_offers_h2() {
+    let b = backend("b1").await;
+    let gw = Gateway::start(&tls_config(b.addr, "{ self_signed = true }"));
+    let addr = gw.addr("https");
+    let tls = tls_connect(
+        addr,
+        "localhost",
+        &[b"h2", b"http/1.1"],
+        &[&rustls::version::TLS13],
+    )
+    .await;
+    let req = http::Request::builder()
+        .uri(format!("https://localhost:{}/h2/path", addr.port()))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let res = h2_send(tls, req).await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(res.version, http::Version::HTTP_2);
+    let echo = res.json();
+    assert_eq!(echo["path"], "/h2/path");
+    assert_eq!(
+        echo["headers"]["host"],
+        format!("localhost:{}", addr.port())
+    );
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+
+    // TLS 1.2 with http/1.1 only works too.
+    let tls = tls_connect(
+        addr,
+        "localhost",
+        &[b"http/1.1"],
+        &[&rustls::version::TLS12],
+    )
+    .await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let res = sender
+        .send_request(request("GET", "/h1", &[], Bytes::new()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), http::Version::HTTP_11);
+
+    let metrics = String::from_utf8_lossy(&get_admin_metrics(&gw).await).into_owned();
+    assert!(
+        metrics.contains("gateway_connections_total{listener=\"https\",protocol=\"h2\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("gateway_connections_total{listener=\"https\",protocol=\"h1\"} 1"));
+    assert!(
+        metrics.contains("gateway_tls_handshakes_total{listener=\"https\",outcome=\"success\"} 2")
+    );
+}
+
+async fn get_admin_metrics(gw: &Gateway) -> Bytes {
+    match gw.admin {
+        Some(a) => get(a, "/metrics").await.body,
+        None => Bytes::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_gets_http2_from_the_https_listener() {
+    let b = backend("b1").await;
+    let gw = Gateway::start(&tls_config(b.addr, "{ self_signed = true }"));
+    let url = format!("https://localhost:{}/via/curl", gw.addr("https").port());
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sk",
+            "--http2",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_version} %{http_code}",
+            &url,
+        ])
+        .output()
+        .await
+        .expect("curl is installed by .ci/run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n2 200"), "{text}");
+    assert!(text.contains("\"path\":\"/via/curl\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_the_certificate_and_unknown_names_get_the_first() {
+    let b = backend("b1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut certs = Vec::new();
+    for name in ["a.test", "b.test"] {
+        let g = rcgen::generate_simple_self_signed(vec![name.to_string(), format!("*.{name}")])
+            .unwrap();
+        let cert = dir.path().join(format!("{name}.pem"));
+        let key = dir.path().join(format!("{name}.key"));
+        std::fs::write(&cert, g.cert.pem()).unwrap();
+        std::fs::write(&key, g.signing_key.serialize_pem()).unwrap();
+        certs.push((cert, key, g.cert.der().clone()));
+    }
+    let tls = format!(
+        "{{ certs = [{{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }}] }}",
+        certs[0].0.display(),
+        certs[0].1.display(),
+        certs[1].0.display(),
+        certs[1].1.display()
+    );
+    let gw = Gateway::start(&tls_config(b.addr, &tls));
+    let addr = gw.addr("https");
+    let v13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    let served = |tls: &tokio_rustls::client::TlsStream<TcpStream>| client::peer_cert(tls);
+    assert_eq!(
+        served(&tls_connect(addr, "b.test", &[b"h2"], v13).await),
+        certs[1].2
+    );
+    assert_eq!(
+        served(&tls_connect(addr, "x.b.test", &[b"h2"], v13).await),
+        certs[1].2
+    );
+    assert_eq!(
+        served(&tls_connect(addr, "a.test", &[b"h2"], v13).await),
+        certs[0].2
+    );
+    assert_eq!(
+        served(&tls_connect(addr, "unknown.example", &[b"h2"], v13).await),
+        certs[0].2
+    );
+    // An IP address sends no SNI at all.
+    assert_eq!(
+        served(&tls_connect(addr, "127.0.0.1", &[b"h2"], v13).await),
+        certs[0].2
+    );
+    // The PEM file we wrote is what `gateway check` validated and the listener served.
+    let pem = rustls_pki_types::CertificateDer::from_pem_file(&certs[1].0).unwrap();
+    assert_eq!(pem, certs[1].2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_version_1_3_refuses_tls_1_2() {
+    let b = backend("b1").await;
+    let gw = Gateway::start(&tls_config(
+        b.addr,
+        "{ self_signed = true, min_version = \"1.3\" }",
+    ));
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let stream = TcpStream::connect(gw.addr("https")).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let err = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, stream)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().to_lowercase().contains("protocol") || err.to_string().contains("alert"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_get_413_and_never_reach_the_upstream() {
+    let b = backend("b1").await;
+    let gw = Gateway::start(&simple_config(
+        &[b.addr],
+        "\n[limits]\nmax_body_bytes = \"1KiB\"\n",
+    ));
+    let addr = gw.addr("http");
+    // Declared length over the limit.
+    let res = send(
+        addr,
+        request("POST", "/", &[], Bytes::from(vec![b'x'; 2048])),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(res.json()["error"], "request body too large");
+    assert_eq!(b.state.requests(), 0);
+    // At the limit is fine.
+    let ok = send(
+        addr,
+        request("POST", "/", &[], Bytes::from(vec![b'x'; 1024])),
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.json()["body_bytes"], 1024);
+    // Chunked, no length: caught while streaming.
+    let mut chunked = b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..4 {
+        chunked.extend_from_slice(b"200\r\n");
+        chunked.extend_from_slice(&[b'y'; 0x200]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let text = raw(addr, &chunked, Duration::from_secs(3)).await;
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_large_or_too_many_headers_get_431() {
+    let b = backend("b1").await;
+    let gw = Gateway::start(&simple_config(
+        &[b.addr],
+        "\n[limits]\nmax_header_bytes = 8192\nmax_headers = 20\n",
+    ));
+    let addr = gw.addr("http");
+    let big = "x".repeat(9000);
+    let text = raw(
+        addr,
+        format!("GET / HTTP/1.1\r\nhost: t\r\nx-big: {big}\r\n\r\n").as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    let many: String = (0..30).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let text = raw(
+        addr,
+        format!("GET / HTTP/1.1\r\nhost: t\r\n{many}\r\n").as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    let fine: String = (0..10).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let text = raw(
+        addr,
+        format!("GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n{fine}\r\n").as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(b.state.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_map_to_502_and_504() {
+    let dead = closed_port();
+    let slow = backend_with(backends::Options {
+        name: "slow".into(),
+        delay_ms: 3000,
+        ..Default::default()
+    })
+    .await;
+    let config = format!(
+        r#"
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[upstreams.dead]
+connect_timeout = "500ms"
+targets = [{{ addr = "{dead}" }}]
+[upstreams.slow]
+targets = [{{ addr = "{}" }}]
+
+[[routes]]
+name = "dead"
+match = {{ path_prefix = "/dead" }}
+upstream = "dead"
+
+[[routes]]
+name = "slow"
+match = {{ path_prefix = "/slow" }}
+upstream = "slow"
+timeout = "300ms"
+"#,
+        slow.addr
+    );
+    let gw = Gateway::start(&config);
+    let res = get(gw.addr("http"), "/dead").await;
+    assert_eq!(res.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(res.json()["error"], "upstream failed");
+    assert_eq!(res.json()["request_id"], res.header("x-request-id"));
+    let started = Instant::now();
+    let res = get(gw.addr("http"), "/slow").await;
+    assert_eq!(res.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(res.json()["error"], "upstream timed out");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_heads_are_cut_but_idle_keep_alive_is_not() {
+    let b = backend("b1").await;
+    let gw = Gateway::start(&simple_config(
+        &[b.addr],
+        "\n[limits]\nheader_timeout = \"1s\"\nidle_timeout = \"4s\"\n",
+    ));
+    let addr = gw.addr("http");
+
+    // A client that trickles its head one byte at a time is closed at header_timeout.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let head = b"GET / HTTP/1.1\r\nhost: t\r\nx-slow: ";
+    let mut closed = false;
+    for byte in head.iter().chain(std::iter::repeat(&b'a')).take(40) {
+        if slow.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        if closed_within(&mut slow, Duration::from_millis(100)).await {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a trickled head must be cut");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+
+    // A client that connects and sends nothing is cut too.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(3)).await);
+
+    // A kept-alive connection idle for longer than header_timeout still works.
+    let mut conn = client::H1::connect(addr).await;
+    assert_eq!(
+        conn.send(request("GET", "/", &[], Bytes::new()))
+            .await
+            .unwrap()
+            .status,
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(
+        conn.send(request("GET", "/", &[], Bytes::new()))
+            .await
+            .unwrap()
+            .status,
+        StatusCode::OK
+    );
+    // ... and is closed once idle past idle_timeout.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert!(conn
+        .send(request("GET", "/", &[], Bytes::new()))
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_are_closed_at_accept() {
+    let b = backend("b1").await;
+    let gw = Gateway::start(&simple_config(
+        &[b.addr],
+        "\n[limits]\nmax_connections = 2\n",
+    ));
+    let addr = gw.addr("http");
+    let mut c1 = client::H1::connect(addr).await;
+    let mut c2 = client::H1::connect(addr).await;
+    assert_eq!(
+        c1.send(request("GET", "/", &[], Bytes::new()))
+            .await
+            .unwrap()
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        c2.send(request("GET", "/", &[], Bytes::new()))
+            .await
+            .unwrap()
+            .status,
+        StatusCode::OK
+    );
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    third
+        .write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let text = client::read_until_quiet(&mut third, Duration::from_secs(2)).await;
+    assert!(
+        text.is_empty(),
+        "the third connection got an answer: {text}"
+    );
+    drop(c1);
+    // Once one closes, new connections are served again.
+    let mut served = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t = raw(
+            addr,
+            b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+            Duration::from_secs(1),
+        )
+        .await;
+        if t.starts_with("HTTP/1.1 200") {
+            served = true;
+            break;
+        }
+    }
+    assert!(served);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_listeners_speak_http1_only() {
+    let b = backend("b1").await;
+    let gw = Gateway::start(&simple_config(&[b.addr], ""));
+    // An HTTP/2 prior-knowledge preface (h2c) is not answered as HTTP/2.
+    let text = raw(
+        gw.addr("http"),
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(!text.contains("\0\0"), "answered with HTTP/2 frames");
+    assert_eq!(b.state.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_listeners_answer_308_to_https() {
+    let b = backend("b1").await;
+    let config = format!(
+        r#"
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:0"
+redirect_https = 8443
+
+[upstreams.app]
+targets = [{{ addr = "{}" }}]
+
+[[routes]]
+name = "all"
+match = {{ path_prefix = "/" }}
+upstream = "app"
+"#,
+        b.addr
+    );
+    let gw = Gateway::start(&config);
+    let res = send(
+        gw.addr("http"),
+        request(
+            "GET",
+            "/a/b?c=d",
+            &[("host", "api.example.com:8080")],
+            Bytes::new(),
+        ),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        res.header("location"),
+        "https://api.example.com:8443/a/b?c=d"
+    );
+    assert_eq!(b.state.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits() {
+    let slow = backend_with(backends::Options {
+        name: "slow".into(),
+        delay_ms: 1500,
+        ..Default::default()
+    })
+    .await;
+    let mut gw = Gateway::start(&simple_config(&[slow.addr], "timeout = \"10s\"\n"));
+    let addr = gw.addr("http");
+    let admin = gw.admin();
+    assert_eq!(get(admin, "/readyz").await.status, StatusCode::OK);
+    let in_flight = tokio::spawn(async move { get(addr, "/slow").await });
+    // Let the request reach the backend, then ask the gateway to stop.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while slow.state.requests() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.sigterm();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Draining: not ready any more, and no new connections are accepted.
+    assert_eq!(
+        get(admin, "/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "still accepting while draining"
+    );
+    // The in-flight request finishes normally.
+    let res = in_flight.await.unwrap();
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(res.header("x-served-by"), "slow");
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("the gateway exits after draining");
+    assert!(status.success(), "{status:?}");
+    assert!(gw.lines.all().iter().any(|l| l.contains("drained")));
+}

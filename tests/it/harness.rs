@@ -1,0 +1,300 @@
+//! Real processes on loopback ports: the `gateway` binary started on a config whose
+//! listeners bind port 0 (the real ports are read from its start-up log), and sample backends
+//! started in-process on `127.0.0.1:0`. Each test owns its processes; they stop on drop.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
+pub const BACKEND_BIN: &str = env!("CARGO_BIN_EXE_backend-under-test");
+
+/// Lines a process wrote (stdout and stderr), shared with the threads that read them.
+#[derive(Clone, Default)]
+pub struct Lines {
+    inner: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Lines {
+    fn push(&self, line: String) {
+        let (lock, cv) = &*self.inner;
+        lock.lock().unwrap().push(line);
+        cv.notify_all();
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.inner.0.lock().unwrap().clone()
+    }
+
+    /// The first line for which `pred` holds, waiting up to `timeout` for it to appear.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let (lock, cv) = &*self.inner;
+        let deadline = Instant::now() + timeout;
+        let mut lines = lock.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().find(|l| pred(l)) {
+                return Some(l.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            lines = cv.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Lines that parse as JSON log records.
+    pub fn json(&self) -> Vec<serde_json::Value> {
+        self.all()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn spawn_reader(&self, stream: impl std::io::Read + Send + 'static) {
+        let lines = self.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                match line {
+                    Ok(l) => lines.push(l),
+                    Err(_) => break,
+                }
+            }
+        });
+    }
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    child: Child,
+    _dir: tempfile::TempDir,
+    listeners: HashMap<String, SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub lines: Lines,
+}
+
+impl Gateway {
+    /// Start `gateway run -c <config>` and wait until it is ready.
+    pub fn start(config: &str) -> Gateway {
+        Self::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut cmd = Command::new(GATEWAY_BIN);
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start the gateway binary");
+        let lines = Lines::default();
+        lines.spawn_reader(child.stdout.take().unwrap());
+        lines.spawn_reader(child.stderr.take().unwrap());
+        let ready = lines.wait_for(Duration::from_secs(30), |l| {
+            l.contains("\"gateway ready\"") || l.contains("error")
+        });
+        if !ready
+            .as_deref()
+            .is_some_and(|l| l.contains("gateway ready"))
+        {
+            let _ = child.kill();
+            panic!(
+                "gateway did not become ready; its output:\n{}",
+                lines.all().join("\n")
+            );
+        }
+        let mut listeners = HashMap::new();
+        let mut admin = None;
+        for v in lines.json() {
+            match v["message"].as_str() {
+                Some("listener bound") => {
+                    let name = v["listener"].as_str().unwrap().to_string();
+                    listeners.insert(name, v["addr"].as_str().unwrap().parse().unwrap());
+                }
+                Some("admin bound") => admin = Some(v["addr"].as_str().unwrap().parse().unwrap()),
+                _ => {}
+            }
+        }
+        Gateway {
+            child,
+            _dir: dir,
+            listeners,
+            admin,
+            lines,
+        }
+    }
+
+    /// The address a listener really bound.
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        *self
+            .listeners
+            .get(listener)
+            .unwrap_or_else(|| panic!("no listener {listener:?}"))
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.admin.expect("admin listener")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send SIGTERM (graceful drain).
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Wait for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Peak resident memory of the process (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `gateway <args>` to completion: (exit code, stdout, stderr).
+pub fn gateway_cmd(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let out = Command::new(GATEWAY_BIN)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run the gateway binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A sample backend in this test's runtime, on an ephemeral loopback port.
+pub async fn backend(name: &str) -> backends::Handle {
+    backend_with(backends::Options {
+        name: name.to_string(),
+        ..Default::default()
+    })
+    .await
+}
+
+pub async fn backend_with(opts: backends::Options) -> backends::Handle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    backends::spawn(listener, &opts).unwrap()
+}
+
+/// An address nothing listens on (connections are refused).
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// The repository root (for `config/demo.toml` and friends).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A config with one plain listener and one upstream of the given targets, one catch-all
+/// route, and any extra TOML appended.
+pub fn simple_config(targets: &[SocketAddr], extra: &str) -> String {
+    let targets: Vec<String> = targets
+        .iter()
+        .map(|a| format!("{{ addr = \"{a}\" }}"))
+        .collect();
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[upstreams.app]
+targets = [{}]
+
+[[routes]]
+name = "all"
+match = {{ path_prefix = "/" }}
+upstream = "app"
+{extra}
+"#,
+        targets.join(", ")
+    )
+}
+
+pub type OriginBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+
+/// A custom origin in this test's runtime, for what the sample backend cannot do (odd
+/// headers, a body streamed at the test's pace).
+pub async fn origin<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<OriginBody>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handler(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+pub fn full(body: &'static str) -> OriginBody {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())).boxed()
+}

@@ -1,0 +1,10 @@
+//! Integration tests: one test binary, real processes on loopback ports, no mocks.
+
+mod client;
+mod harness;
+
+mod admin;
+mod backends;
+mod check;
+mod edge;
+mod proxy;
