@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::client::{self, closed_within, get, h2_send, raw, request, send, tls_connect};
-use crate::harness::{backend, backend_with, closed_port, simple_config, Gateway};
+use crate::harness::{backend, backend_with, closed_port, require_tool, simple_config, Gateway};
 
 fn tls_config(backend: std::net::SocketAddr, tls: &str) -> String {
     format!(
@@ -101,6 +101,7 @@ async fn get_admin_metrics(gw: &Gateway) -> Bytes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_gets_http2_from_the_https_listener() {
+    require_tool("curl", "curl");
     let b = backend("b1").await;
     let gw = Gateway::start(&tls_config(b.addr, "{ self_signed = true }"));
     let url = format!("https://localhost:{}/via/curl", gw.addr("https").port());

@@ -298,3 +298,32 @@ pub fn full(body: &'static str) -> OriginBody {
     use http_body_util::BodyExt;
     http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())).boxed()
 }
+
+/// Make sure a command-line tool the tests drive is installed: tests never skip for a
+/// missing tool, they install it (Debian package, as root; `.ci/run` does it up front).
+pub fn require_tool(command: &str, package: &str) {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let present = |c: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {c}"))
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if present(command) {
+        return;
+    }
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package}"
+        ))
+        .status()
+        .expect("run apt-get");
+    assert!(
+        status.success() && present(command),
+        "could not install {package} (needed for {command}); run .ci/run as root"
+    );
+}

@@ -6,5 +6,6 @@ mod harness;
 mod admin;
 mod backends;
 mod check;
+mod demo;
 mod edge;
 mod proxy;
