@@ -523,3 +523,53 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     assert!(status.success(), "{status:?}");
     assert!(gw.lines.all().iter().any(|l| l.contains("drained")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_413_lingers_so_a_client_still_sending_is_not_reset() {
+    use tokio::io::AsyncReadExt;
+    let b = backend("b1").await;
+    let gw = Gateway::start(&simple_config(
+        &[b.addr],
+        "\n[limits]\nmax_body_bytes = \"1KiB\"\n",
+    ));
+    let mut stream = TcpStream::connect(gw.addr("http")).await.unwrap();
+    const BODY: usize = 200 * 1024;
+    stream
+        .write_all(
+            format!("POST / HTTP/1.1\r\nhost: t\r\ncontent-length: {BODY}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    // The 413 comes back before the body is sent...
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before answering");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // ... and a client that keeps sending it (many do) must not be reset: the gateway reads
+    // and drops it before closing. Without lingering the second write here fails (EPIPE).
+    for i in 0..BODY / 8192 {
+        if let Err(e) = stream.write_all(&[b'z'; 8192]).await {
+            panic!("write {i} after the 413 failed: {e}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stream.shutdown().await.unwrap();
+    let end = tokio::time::timeout(
+        Duration::from_secs(10),
+        client::read_until_quiet(&mut stream, Duration::from_secs(6)),
+    )
+    .await;
+    assert!(end.is_ok());
+    assert_eq!(b.state.requests(), 0);
+}

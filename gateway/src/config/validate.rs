@@ -245,6 +245,17 @@ impl Validator<'_> {
         let server = self.server(&f.server);
         let admin = f.admin.as_ref().map(|a| self.admin(a));
         let listeners = self.listeners(&f.listeners);
+        if let (Some(a), Some(af)) = (&admin, &f.admin) {
+            if a.listen.port() != 0 {
+                if let Some(l) = listeners.iter().find(|l| l.listen == a.listen) {
+                    let span = af.get_ref().listen.as_ref().map_or(af.span(), |s| s.span());
+                    self.error(
+                        span,
+                        format!("admin listens on {}, like listener {:?}", a.listen, l.name),
+                    );
+                }
+            }
+        }
         let limits = self.limits(&f.limits);
         self.policies(f);
         let upstreams = self.upstreams(&f.upstreams);

@@ -255,6 +255,11 @@ impl Future for EdgeFuture {
             Poll::Pending => return Poll::Pending,
         };
         let state = this.state.take();
+        if res.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+            if let Some(s) = &state {
+                s.linger_on_close();
+            }
+        }
         Poll::Ready(Ok(res.map(|inner| ConnBody { inner, state })))
     }
 }

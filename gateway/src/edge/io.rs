@@ -6,10 +6,15 @@
 //! and then at the first byte of each later request head, and stops when the head is complete
 //! (the connection's request counter moved): idle keep-alive time is `idle_timeout`'s business
 //! (`conn.rs`), a head that trickles in is cut at `header_timeout`.
+//!
+//! After an early 413 the client may still be sending its body; closing with unread data
+//! would make the kernel answer with a reset that can destroy the 413 before the client
+//! reads it. So such a connection lingers: write side shut, then up to 256 KiB (or 5 s) read
+//! and dropped, then closed (nginx's lingering close).
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,6 +24,11 @@ use std::future::Future;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+/// At most this much of an unwanted body is read before closing.
+const LINGER_BYTES: u64 = 256 * 1024;
+/// At most this long is spent lingering.
+const LINGER_TIME: Duration = Duration::from_secs(5);
 
 /// Per-connection request bookkeeping shared by the I/O wrapper, the connection task and the
 /// service. One per connection: never contended across connections.
@@ -31,6 +41,8 @@ pub struct ConnState {
     requests: AtomicU64,
     /// When the connection last became idle, in ms since `started`.
     idle_since_ms: AtomicU64,
+    /// Read and drop what the client still sends before closing (after an early 413).
+    linger: AtomicBool,
 }
 
 impl ConnState {
@@ -40,7 +52,17 @@ impl ConnState {
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
+            linger: AtomicBool::new(false),
         }
+    }
+
+    /// Ask for a lingering close when this connection closes.
+    pub fn linger_on_close(&self) {
+        self.linger.store(true, Ordering::Relaxed);
+    }
+
+    fn wants_linger(&self) -> bool {
+        self.linger.load(Ordering::Relaxed)
     }
 
     pub fn request_started(&self) {
@@ -87,6 +109,13 @@ pub struct EdgeIo<T> {
     pending_in: u64,
     pending_out: u64,
     head: Option<HeadTimer>,
+    linger: Option<Linger>,
+}
+
+struct Linger {
+    write_shut: bool,
+    drained: u64,
+    deadline: Pin<Box<Sleep>>,
 }
 
 /// The request-head deadline of an HTTP/1 connection.
@@ -120,6 +149,7 @@ impl<T> EdgeIo<T> {
             pending_in: 0,
             pending_out: 0,
             head,
+            linger: None,
         }
     }
 
@@ -204,7 +234,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for EdgeIo<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for EdgeIo<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for EdgeIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -240,7 +270,43 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for EdgeIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.flush_out();
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let lingers = self.head.as_ref().is_some_and(|h| h.state.wants_linger());
+        if !lingers {
+            return Pin::new(&mut self.inner).poll_shutdown(cx);
+        }
+        let this = &mut *self;
+        let linger = this.linger.get_or_insert_with(|| Linger {
+            write_shut: false,
+            drained: 0,
+            deadline: Box::pin(tokio::time::sleep(LINGER_TIME)),
+        });
+        if !linger.write_shut {
+            match Pin::new(&mut this.inner).poll_shutdown(cx) {
+                Poll::Ready(Ok(())) => linger.write_shut = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let mut buf = [0u8; 8192];
+        while linger.drained < LINGER_BYTES {
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => break,
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len() as u64;
+                    linger.drained += n;
+                    this.pending_in += n;
+                }
+                Poll::Ready(Err(_)) => break,
+                Poll::Pending => {
+                    if linger.deadline.as_mut().poll(cx).is_ready() {
+                        break;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
