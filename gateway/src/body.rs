@@ -5,11 +5,15 @@
 //! (which hands its connection back to the pool when it ends) or a small gateway-made one.
 
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::edge::io::ConnState;
 use crate::upstream::UpstreamBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -19,19 +23,53 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("request body larger than max_body_bytes")]
 pub struct BodyTooLarge;
 
-/// The client's request body, limited to `max_body_bytes`.
+/// The error a `ReqBody` yields when the client's side of the body failed (the client went
+/// away mid-upload): the client's fault, not the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
+/// When a request body was fully received, for timeouts that start then (`upstream/`).
+#[derive(Debug, Default)]
+pub struct BodyProgress(OnceLock<Instant>);
+
+impl BodyProgress {
+    /// When the body was complete, if it is.
+    pub fn done_at(&self) -> Option<Instant> {
+        self.0.get().copied()
+    }
+
+    fn mark_done(&self) {
+        let _ = self.0.set(Instant::now());
+    }
+}
+
+/// The client's request body, limited to `max_body_bytes`. It holds the body half of its
+/// connection's busy count (`edge/io.rs`) until it ends or is dropped.
 #[derive(Debug)]
 pub struct ReqBody {
     inner: Option<Incoming>,
     remaining: u64,
+    conn: Option<Arc<ConnState>>,
+    /// Only for bodies still to come (GETs and the like need none).
+    progress: Option<Arc<BodyProgress>>,
 }
 
 impl ReqBody {
-    pub fn new(inner: Incoming, limit: u64) -> Self {
-        Self {
+    pub fn new(inner: Incoming, limit: u64, conn: Option<Arc<ConnState>>) -> Self {
+        let ended = inner.is_end_stream();
+        let mut body = Self {
             inner: Some(inner),
             remaining: limit,
+            conn,
+            progress: None,
+        };
+        if ended {
+            body.finish();
+        } else {
+            body.progress = Some(Arc::new(BodyProgress::default()));
         }
+        body
     }
 
     /// A body with nothing in it.
@@ -39,7 +77,29 @@ impl ReqBody {
         Self {
             inner: None,
             remaining: 0,
+            conn: None,
+            progress: None,
         }
+    }
+
+    /// Tracks when the body is complete; `None` when it already is.
+    pub fn progress(&self) -> Option<Arc<BodyProgress>> {
+        self.progress.clone()
+    }
+
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.half_done();
+        }
+        if let Some(p) = &self.progress {
+            p.mark_done();
+        }
+    }
+}
+
+impl Drop for ReqBody {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -61,14 +121,25 @@ impl Body for ReqBody {
                     if len > self.remaining {
                         self.remaining = 0;
                         self.inner = None;
+                        self.finish();
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     self.remaining -= len;
                 }
+                if self.inner.as_ref().is_some_and(|b| b.is_end_stream()) {
+                    self.finish();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => {
+                self.inner = None;
+                self.finish();
+                Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))))
+            }
+            Poll::Ready(None) => {
+                self.finish();
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -84,11 +155,12 @@ impl Body for ReqBody {
     }
 }
 
-/// Whether an error (from hyper's client, say) was caused by a `ReqBody` over its limit.
-pub fn is_body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether an error (from hyper's client, say) was caused by an error of type `E` anywhere in
+/// its chain of sources.
+pub fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
-        if e.is::<BodyTooLarge>() {
+        if e.is::<E>() {
             return true;
         }
         cur = e.source();

@@ -26,7 +26,14 @@ pub enum GatewayError {
     UpstreamTimeout,
     #[error("upstream failed: {0}")]
     Upstream(#[source] hyper::Error),
+    #[error("the client closed the request before it was complete")]
+    ClientGone,
+    #[error("too many header fields")]
+    TooManyHeaders,
 }
+
+/// nginx's "client closed request": logged and counted, never seen by the client.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
@@ -37,6 +44,10 @@ impl GatewayError {
             Self::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::ClientGone => {
+                StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+            Self::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -49,6 +60,8 @@ impl GatewayError {
             Self::NoTarget => "no upstream target available",
             Self::Connect(_) | Self::Upstream(_) => "upstream failed",
             Self::UpstreamTimeout => "upstream timed out",
+            Self::ClientGone => "client closed request",
+            Self::TooManyHeaders => "too many header fields",
         }
     }
 
@@ -62,18 +75,14 @@ impl GatewayError {
             Self::Connect(_) => "connect_error",
             Self::UpstreamTimeout => "timeout",
             Self::Upstream(_) => "upstream_error",
+            Self::ClientGone => "client_gone",
+            Self::TooManyHeaders => "too_many_headers",
         }
     }
 
     /// The JSON answer for this error.
     pub fn to_response(&self, request_id: &HeaderValue) -> Response<ResBody> {
-        let mut res = json_error(self.status(), self.public_message(), request_id);
-        if matches!(self, Self::BodyTooLarge) {
-            // The rest of the body may still be on the wire; do not reuse the connection.
-            res.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        res
+        json_error(self.status(), self.public_message(), request_id)
     }
 }
 

@@ -95,6 +95,9 @@ impl Runtime {
             .iter()
             .map(|u| Arc::new(UpstreamRt::build(u, metrics)))
             .collect();
+        for u in &upstreams {
+            crate::upstream::spawn_reaper(u);
+        }
 
         let trusted: Arc<[IpNet]> = config.server.trusted_proxies.clone().into();
         let mut stacks = Vec::with_capacity(config.routes.len());
@@ -128,7 +131,7 @@ impl Runtime {
             trusted_proxies: trusted,
         }));
         let table = RouteTable::new(config.routes.iter().map(|r| r.matcher.clone()).collect());
-        let router = Router::new(table, stacks, fallback);
+        let router = Router::new(table, stacks, fallback, config.limits.max_headers);
         let edge = stack::edge_stack(ids.clone(), config.server.trust_request_id, router);
         Ok(Self {
             generation,

@@ -24,10 +24,10 @@ impl Balance for RoundRobin {
         if self.len == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % self.len;
-        // A rejected target hands over to the next one in order, as nginx does.
+        // A rejected target's turn is skipped, not handed to its neighbour: the counter moves
+        // on, so the accepted targets keep taking turns evenly ("up targets in order").
         (0..self.len)
-            .map(|i| (start + i) % self.len)
+            .map(|_| self.next.fetch_add(1, Ordering::Relaxed) % self.len)
             .find(|&i| accept(i))
     }
 }
@@ -46,12 +46,12 @@ mod tests {
     }
 
     #[test]
-    fn skips_a_rejected_target_to_the_next_in_order() {
+    fn rotates_evenly_over_the_targets_it_may_use() {
         let rr = RoundRobin::new(3);
         let picks: Vec<_> = (0..6)
             .map(|_| rr.pick(None, &mut |i| i != 1).unwrap())
             .collect();
-        assert_eq!(picks, [0, 2, 2, 0, 2, 2]);
+        assert_eq!(picks, [0, 2, 0, 2, 0, 2]);
     }
 
     #[test]

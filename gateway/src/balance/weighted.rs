@@ -61,11 +61,10 @@ impl Balance for SmoothWeighted {
         if len == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % len;
-        // A rejected choice hands over to the next entry of the sequence, so the remaining
-        // targets keep their relative weights.
+        // A rejected choice's turn is skipped (the counter moves on), so the remaining targets
+        // keep their relative weights.
         (0..len)
-            .map(|i| self.sequence[(start + i) % len] as usize)
+            .map(|_| self.sequence[self.next.fetch_add(1, Ordering::Relaxed) % len] as usize)
             .find(|&i| accept(i))
     }
 }
@@ -132,10 +131,13 @@ mod tests {
             .map(|_| b.pick(None, &mut |_| true).unwrap())
             .collect();
         assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0]);
-        let picks: Vec<_> = (0..7)
+        let picks: Vec<_> = (0..70)
             .map(|_| b.pick(None, &mut |i| i != 0).unwrap())
             .collect();
         assert!(picks.iter().all(|&i| i != 0));
+        // b and c have equal weights: without a they share evenly.
+        let b_count = picks.iter().filter(|&&i| i == 1).count();
+        assert_eq!(b_count, 35, "{picks:?}");
     }
 
     #[test]

@@ -330,7 +330,7 @@ impl Validator<'_> {
         let mut addrs: HashMap<SocketAddr, String> = HashMap::new();
         if list.is_empty() {
             self.errors.push(Diag {
-                span: None,
+                span: Some(0..0),
                 message: "no [[listeners]]: the gateway would serve nothing".into(),
             });
         }
@@ -843,7 +843,7 @@ impl Validator<'_> {
         let known: Vec<&str> = f.upstreams.keys().map(|k| k.get_ref().as_str()).collect();
         if f.routes.is_empty() {
             self.errors.push(Diag {
-                span: None,
+                span: Some(0..0),
                 message: "no [[routes]]: every request would get 404".into(),
             });
         }

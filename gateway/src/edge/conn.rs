@@ -1,6 +1,6 @@
 //! One client connection: TLS handshake (HTTPS listeners), protocol by ALPN, the HTTP/1 or
-//! HTTP/2 server with the `[limits]`, idle timeout and graceful drain. Requests go from here
-//! to the edge stack of the current config generation (`stack.rs`).
+//! HTTP/2 server with the `[limits]`, the idle, stall and close timers, and graceful drain.
+//! Requests go from here to the edge stack of the current config generation (`stack.rs`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -8,13 +8,16 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tower::util::Oneshot;
 use tower::ServiceExt;
 
@@ -25,7 +28,11 @@ use crate::config::Limits;
 use crate::policy::observe::ObservedBody;
 use crate::runtime::{EdgeService, ListenerRt};
 
-/// Serve one accepted connection until it closes, idles out or is drained.
+/// After a graceful close starts (GOAWAY, or keep-alive off), an idle connection gets this
+/// long to finish before it is dropped: a peer that never acknowledges cannot hold it open.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+/// Serve one accepted connection until it closes, idles out, stalls or is drained.
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -33,141 +40,162 @@ pub async fn serve(
     shared: Arc<Shared>,
 ) {
     let _ = stream.set_nodelay(true);
+    // Dead peers (a NAT that dropped the flow, a pulled cable) are found by the kernel.
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
     let limits = shared.runtime.load().config.limits.clone();
-    let info = Arc::new(ConnInfo {
-        peer,
-        listener: listener.info.clone(),
-    });
     let state = Arc::new(ConnState::new());
-    let metrics = &listener.metrics;
 
-    match &listener.tls {
-        None => {
-            metrics.h1.inc();
-            let io = EdgeIo::new(
-                stream,
-                metrics.bytes_in.clone(),
-                metrics.bytes_out.clone(),
-                Some((state.clone(), limits.header_timeout)),
-            );
-            serve_h1(io, info, state, &limits, shared).await;
-        }
-        Some(acceptor) => {
-            let handshake =
-                tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await;
-            let tls = match handshake {
-                Ok(Ok(tls)) => {
-                    if let Some(c) = &metrics.tls_ok {
-                        c.inc();
-                    }
-                    tls
-                }
-                Ok(Err(e)) => {
-                    if let Some(c) = &metrics.tls_error {
-                        c.inc();
-                    }
-                    tracing::debug!(%peer, listener = %info.listener.name, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    if let Some(c) = &metrics.tls_error {
-                        c.inc();
-                    }
-                    tracing::debug!(%peer, listener = %info.listener.name, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            if h2 {
-                metrics.h2.inc();
-                let io = EdgeIo::new(
-                    tls,
-                    metrics.bytes_in.clone(),
-                    metrics.bytes_out.clone(),
-                    None,
-                );
-                serve_h2(io, info, state, &limits, shared).await;
-            } else {
-                metrics.h1.inc();
-                let io = EdgeIo::new(
-                    tls,
-                    metrics.bytes_in.clone(),
-                    metrics.bytes_out.clone(),
-                    Some((state.clone(), limits.header_timeout)),
-                );
-                serve_h1(io, info, state, &limits, shared).await;
+    let Some(acceptor) = &listener.tls else {
+        serve_stream(stream, false, peer, &listener, state, &limits, shared).await;
+        return;
+    };
+    let metrics = &listener.metrics;
+    let tls = match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            if let Some(c) = &metrics.tls_ok {
+                c.inc();
             }
+            tls
         }
+        Ok(Err(e)) => {
+            if let Some(c) = &metrics.tls_error {
+                c.inc();
+            }
+            tracing::debug!(%peer, listener = %listener.info.name, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            if let Some(c) = &metrics.tls_error {
+                c.inc();
+            }
+            tracing::debug!(%peer, listener = %listener.info.name, "TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_stream(tls, h2, peer, &listener, state, &limits, shared).await;
+}
+
+async fn serve_stream<T>(
+    stream: T,
+    h2: bool,
+    peer: SocketAddr,
+    listener: &ListenerRt,
+    state: Arc<ConnState>,
+    limits: &Limits,
+    shared: Arc<Shared>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let metrics = &listener.metrics;
+    let io = EdgeIo::new(
+        stream,
+        state.clone(),
+        metrics.bytes_in.clone(),
+        metrics.bytes_out.clone(),
+        (!h2).then_some(limits.header_timeout),
+    );
+    let svc = EdgeAdapter {
+        shared: shared.clone(),
+        info: Arc::new(ConnInfo::new(peer, listener.info.clone(), h2)),
+        state: state.clone(),
+    };
+    if h2 {
+        metrics.h2.inc();
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
+            .max_send_buf_size(1 << 20);
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        drive(conn, state, limits, true, shared).await;
+    } else {
+        metrics.h1.inc();
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            // Our own head timer (io.rs) does the real work; hyper's (which starts when it
+            // begins waiting, idle time included) is only a backstop for pipelined heads.
+            .header_read_timeout(limits.idle_timeout + limits.header_timeout)
+            .max_headers(limits.max_headers)
+            .max_header_size(limits.max_header_bytes)
+            .max_buf_size(limits.max_header_bytes.max(8192) + 8192)
+            .keep_alive(true);
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        drive(conn, state, limits, false, shared).await;
     }
 }
 
-async fn serve_h1<T>(
-    io: EdgeIo<T>,
-    info: Arc<ConnInfo>,
-    state: Arc<ConnState>,
-    limits: &Limits,
-    shared: Arc<Shared>,
-) where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let svc = EdgeAdapter {
-        shared: shared.clone(),
-        info,
-        state: state.clone(),
-    };
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        // Our own head timer (io.rs) does the real work; hyper's (which starts when it begins
-        // waiting, idle time included) is only a backstop for pipelined heads.
-        .header_read_timeout(limits.idle_timeout + limits.header_timeout)
-        .max_headers(limits.max_headers)
-        .max_header_size(limits.max_header_bytes)
-        .max_buf_size(limits.max_header_bytes.max(8192) + 8192)
-        .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    drive(conn, state, limits, shared).await;
+/// What the connection's timer decided.
+enum Check {
+    /// Start a graceful close (idle, or no request in time on HTTP/2).
+    Close,
+    /// Drop the connection now (stalled, or a graceful close that did not finish).
+    Abort,
+    /// Look again then.
+    At(Instant),
 }
 
-async fn serve_h2<T>(
-    io: EdgeIo<T>,
-    info: Arc<ConnInfo>,
-    state: Arc<ConnState>,
+/// The timers of one connection:
+/// * idle: no request for `idle_timeout` → graceful close;
+/// * stall: requests in flight but no byte moved either way for `idle_timeout` → dropped
+///   (a client that stopped reading, an upstream that stopped sending);
+/// * HTTP/2 head: no request within `header_timeout` of the handshake → graceful close;
+/// * closing: once a graceful close started and nothing is in flight, `CLOSE_GRACE` to finish.
+fn check(
+    state: &ConnState,
     limits: &Limits,
-    shared: Arc<Shared>,
-) where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let svc = EdgeAdapter {
-        shared: shared.clone(),
-        info,
-        state: state.clone(),
-    };
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
-        .max_send_buf_size(1 << 20);
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    drive(conn, state, limits, shared).await;
+    h2: bool,
+    closing_since: Option<Instant>,
+    now: Instant,
+) -> Check {
+    let busy = state.is_busy();
+    if busy {
+        let stall = state.stall_deadline(limits.idle_timeout);
+        return if now >= stall {
+            Check::Abort
+        } else {
+            Check::At(stall)
+        };
+    }
+    if let Some(since) = closing_since {
+        let end = since.max(state.idle_deadline(Duration::ZERO)) + CLOSE_GRACE;
+        return if now >= end {
+            Check::Abort
+        } else {
+            Check::At(end)
+        };
+    }
+    let mut next = state.idle_deadline(limits.idle_timeout);
+    if h2 && state.requests() == 0 {
+        next = next.min(state.started() + limits.header_timeout);
+    }
+    if now >= next {
+        Check::Close
+    } else {
+        Check::At(next)
+    }
 }
 
-/// Run a connection to its end: closes it when idle past `idle_timeout`, and drains it
-/// (finish in-flight requests, then close) when the gateway shuts down.
-async fn drive<C>(conn: C, state: Arc<ConnState>, limits: &Limits, shared: Arc<Shared>)
+/// Run a connection to its end under its timers, draining it when the gateway shuts down.
+async fn drive<C>(conn: C, state: Arc<ConnState>, limits: &Limits, h2: bool, shared: Arc<Shared>)
 where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
     let mut conn = std::pin::pin!(conn);
     let mut drain = shared.drain_signal();
-    let mut closing = *drain.borrow();
-    if closing {
+    let mut closing_since = None;
+    if *drain.borrow() {
         conn.as_mut().graceful_shutdown();
+        closing_since = Some(Instant::now());
     }
-    let idle = tokio::time::sleep(limits.idle_timeout);
-    tokio::pin!(idle);
+    let timer = tokio::time::sleep(Duration::from_millis(100));
+    tokio::pin!(timer);
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -176,21 +204,26 @@ where
                 }
                 return;
             }
-            changed = drain.changed(), if !closing => {
+            changed = drain.changed(), if closing_since.is_none() => {
                 if changed.is_err() || *drain.borrow() {
-                    closing = true;
                     conn.as_mut().graceful_shutdown();
+                    closing_since = Some(Instant::now());
+                    timer.as_mut().reset(Instant::now());
                 }
             }
-            () = &mut idle, if !closing => {
-                match state.idle_deadline(limits.idle_timeout) {
-                    Some(deadline) if deadline <= tokio::time::Instant::now() => {
-                        closing = true;
+            () = &mut timer => {
+                let now = Instant::now();
+                match check(&state, limits, h2, closing_since, now) {
+                    Check::Close => {
                         conn.as_mut().graceful_shutdown();
+                        closing_since = Some(now);
+                        timer.as_mut().reset(now);
                     }
-                    Some(deadline) => idle.as_mut().reset(deadline),
-                    // Busy: look again one idle period from now.
-                    None => idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout),
+                    Check::Abort => {
+                        tracing::debug!(closing = closing_since.is_some(), "dropping a stalled or unfinished client connection");
+                        return;
+                    }
+                    Check::At(at) => timer.as_mut().reset(at),
                 }
             }
         }
@@ -219,10 +252,11 @@ impl hyper::service::Service<Request<Incoming>> for EdgeAdapter {
         drop(rt);
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(self.info.clone());
-        let req = Request::from_parts(parts, ReqBody::new(body, limit));
+        let body = ReqBody::new(body, limit, Some(self.state.clone()));
         EdgeFuture {
-            inner: edge.oneshot(req),
+            inner: edge.oneshot(Request::from_parts(parts, body)),
             state: Some(self.state.clone()),
+            h2: self.info.h2,
         }
     }
 }
@@ -232,13 +266,14 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Oneshot<EdgeService, Request<ReqBody>>,
         state: Option<Arc<ConnState>>,
+        h2: bool,
     }
 
     impl PinnedDrop for EdgeFuture {
         fn drop(this: Pin<&mut Self>) {
-            // Dropped before answering (the client went away): the request is over.
+            // Dropped before answering (the client went away): the response half is over.
             if let Some(state) = this.project().state.take() {
-                state.request_finished();
+                state.half_done();
             }
         }
     }
@@ -249,13 +284,19 @@ impl Future for EdgeFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let res = match this.inner.poll(cx) {
+        let mut res = match this.inner.poll(cx) {
             Poll::Ready(Ok(res)) => res,
             Poll::Ready(Err(never)) => match never {},
             Poll::Pending => return Poll::Pending,
         };
         let state = this.state.take();
-        if res.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+        if res.status() == StatusCode::PAYLOAD_TOO_LARGE
+            && !*this.h2
+            && res.body().is_gateway_made()
+        {
+            // The rest of the body may still be on the wire: close, lingering (io.rs).
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
             if let Some(s) = &state {
                 s.linger_on_close();
             }
@@ -264,7 +305,8 @@ impl Future for EdgeFuture {
     }
 }
 
-/// The response body as hyper writes it; the request counts as finished when it is dropped.
+/// The response body as hyper writes it; the response half of the request is done when it
+/// is dropped.
 pub struct ConnBody {
     inner: ObservedBody,
     state: Option<Arc<ConnState>>,
@@ -293,7 +335,79 @@ impl Body for ConnBody {
 impl Drop for ConnBody {
     fn drop(&mut self) {
         if let Some(state) = self.state.take() {
-            state.request_finished();
+            state.half_done();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            idle_timeout: Duration::from_secs(75),
+            header_timeout: Duration::from_secs(10),
+            ..Limits::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_after_idle_timeout() {
+        let s = ConnState::new();
+        let t0 = Instant::now();
+        assert!(
+            matches!(check(&s, &limits(), false, None, t0), Check::At(at) if at == t0 + Duration::from_secs(75))
+        );
+        assert!(matches!(
+            check(&s, &limits(), false, None, t0 + Duration::from_secs(75)),
+            Check::Close
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_without_a_request_is_closed_at_header_timeout() {
+        let s = ConnState::new();
+        let t0 = Instant::now();
+        assert!(matches!(
+            check(&s, &limits(), true, None, t0 + Duration::from_secs(10)),
+            Check::Close
+        ));
+        s.request_started();
+        s.half_done();
+        s.half_done();
+        assert!(matches!(
+            check(&s, &limits(), true, None, t0 + Duration::from_secs(10)),
+            Check::At(_)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_connection_where_nothing_moves_is_dropped() {
+        let s = ConnState::new();
+        let t0 = Instant::now();
+        s.request_started();
+        assert!(matches!(
+            check(&s, &limits(), false, None, t0 + Duration::from_secs(74)),
+            Check::At(_)
+        ));
+        assert!(matches!(
+            check(&s, &limits(), false, None, t0 + Duration::from_secs(75)),
+            Check::Abort
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_graceful_close_that_does_not_finish_is_dropped_after_the_grace() {
+        let s = ConnState::new();
+        let t0 = Instant::now();
+        assert!(matches!(
+            check(&s, &limits(), true, Some(t0), t0 + Duration::from_secs(1)),
+            Check::At(_)
+        ));
+        assert!(matches!(
+            check(&s, &limits(), true, Some(t0), t0 + CLOSE_GRACE),
+            Check::Abort
+        ));
     }
 }

@@ -1,17 +1,19 @@
-//! The client connection's byte stream, watched: bytes counted per listener, and the request
-//! head deadline (slowloris protection) enforced for HTTP/1.
+//! The client connection's byte stream, watched: bytes counted per listener, activity
+//! recorded for the idle and stall timers (`conn.rs`), and the request-head deadline
+//! (slowloris protection) enforced for HTTP/1.
 //!
 //! hyper's own header timer starts when it begins waiting for a request, so on a keep-alive
 //! connection it would cut idle clients at `header_timeout`. Here the clock starts at accept
 //! and then at the first byte of each later request head, and stops when the head is complete
-//! (the connection's request counter moved): idle keep-alive time is `idle_timeout`'s business
-//! (`conn.rs`), a head that trickles in is cut at `header_timeout`.
+//! (the connection's request counter moved): idle keep-alive time is `idle_timeout`'s business,
+//! a head that trickles in is cut at `header_timeout`.
 //!
 //! After an early 413 the client may still be sending its body; closing with unread data
-//! would make the kernel answer with a reset that can destroy the 413 before the client
-//! reads it. So such a connection lingers: write side shut, then up to 256 KiB (or 5 s) read
-//! and dropped, then closed (nginx's lingering close).
+//! makes the kernel answer its next writes with a reset, and many clients then never read the
+//! 413. So such a connection lingers: write side shut, then up to 256 KiB (or 5 s) read and
+//! dropped, then closed (nginx's lingering close).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -20,8 +22,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prometheus::IntCounter;
-use std::future::Future;
-
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -31,16 +31,19 @@ const LINGER_BYTES: u64 = 256 * 1024;
 const LINGER_TIME: Duration = Duration::from_secs(5);
 
 /// Per-connection request bookkeeping shared by the I/O wrapper, the connection task and the
-/// service. One per connection: never contended across connections.
+/// requests of the connection. One per connection: never contended across connections.
 #[derive(Debug)]
 pub struct ConnState {
     started: Instant,
-    /// Requests whose response is not finished yet.
-    in_flight: AtomicUsize,
+    /// Outstanding halves of requests: each request counts 2 while its response is being
+    /// written and its body being read; 0 means nothing is in flight.
+    busy: AtomicUsize,
     /// Requests started on this connection so far.
     requests: AtomicU64,
-    /// When the connection last became idle, in ms since `started`.
-    idle_since_ms: AtomicU64,
+    /// Last time a request started or ended, in ms since `started`.
+    last_request_ms: AtomicU64,
+    /// Last time bytes moved either way, in ms since `started`.
+    last_io_ms: AtomicU64,
     /// Read and drop what the client still sends before closing (after an early 413).
     linger: AtomicBool,
 }
@@ -49,11 +52,64 @@ impl ConnState {
     pub fn new() -> Self {
         Self {
             started: Instant::now(),
-            in_flight: AtomicUsize::new(0),
+            busy: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
-            idle_since_ms: AtomicU64::new(0),
+            last_request_ms: AtomicU64::new(0),
+            last_io_ms: AtomicU64::new(0),
             linger: AtomicBool::new(false),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.started + Duration::from_millis(ms)
+    }
+
+    /// A request head arrived: its response and its body are now outstanding.
+    pub fn request_started(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.busy.fetch_add(2, Ordering::AcqRel);
+        self.last_request_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// A request's response is done, or its body is (each happens once per request).
+    pub fn half_done(&self) {
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+        self.last_request_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether any request is in flight (response not written or body not read).
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire) > 0
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// When an idle connection may be closed: `idle_timeout` after its last request.
+    pub fn idle_deadline(&self, idle_timeout: Duration) -> Instant {
+        self.at(self.last_request_ms.load(Ordering::Relaxed)) + idle_timeout
+    }
+
+    /// When a busy connection counts as stalled: `timeout` after bytes last moved.
+    pub fn stall_deadline(&self, timeout: Duration) -> Instant {
+        let ms = self
+            .last_io_ms
+            .load(Ordering::Relaxed)
+            .max(self.last_request_ms.load(Ordering::Relaxed));
+        self.at(ms) + timeout
+    }
+
+    fn touch_io(&self) {
+        self.last_io_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// Ask for a lingering close when this connection closes.
@@ -63,35 +119,6 @@ impl ConnState {
 
     fn wants_linger(&self) -> bool {
         self.linger.load(Ordering::Relaxed)
-    }
-
-    pub fn request_started(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-    }
-
-    pub fn request_finished(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let ms = self.started.elapsed().as_millis() as u64;
-            self.idle_since_ms.store(ms, Ordering::Relaxed);
-        }
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
-    }
-
-    fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
-
-    /// When the connection may be closed for idleness, if it is idle now.
-    pub fn idle_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
-        if self.in_flight() > 0 {
-            return None;
-        }
-        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
-        Some(self.started + since + idle_timeout)
     }
 }
 
@@ -104,6 +131,7 @@ impl Default for ConnState {
 /// The watched stream.
 pub struct EdgeIo<T> {
     inner: T,
+    state: Arc<ConnState>,
     bytes_in: IntCounter,
     bytes_out: IntCounter,
     pending_in: u64,
@@ -112,38 +140,38 @@ pub struct EdgeIo<T> {
     linger: Option<Linger>,
 }
 
-struct Linger {
-    write_shut: bool,
-    drained: u64,
-    deadline: Pin<Box<Sleep>>,
-}
-
 /// The request-head deadline of an HTTP/1 connection.
 struct HeadTimer {
-    state: Arc<ConnState>,
     timeout: Duration,
     sleep: Pin<Box<Sleep>>,
     /// `Some(n)`: a head is being read, and `n` was the request count when it started.
     reading: Option<u64>,
 }
 
+struct Linger {
+    write_shut: bool,
+    drained: u64,
+    deadline: Pin<Box<Sleep>>,
+}
+
 impl<T> EdgeIo<T> {
-    /// `head`: for HTTP/1, the connection's state and `header_timeout`; the first head's clock
-    /// starts now.
+    /// `header_timeout`: for HTTP/1, the request-head deadline; the first head's clock starts
+    /// now.
     pub fn new(
         inner: T,
+        state: Arc<ConnState>,
         bytes_in: IntCounter,
         bytes_out: IntCounter,
-        head: Option<(Arc<ConnState>, Duration)>,
+        header_timeout: Option<Duration>,
     ) -> Self {
-        let head = head.map(|(state, timeout)| HeadTimer {
+        let head = header_timeout.map(|timeout| HeadTimer {
             reading: Some(state.requests()),
-            state,
             timeout,
             sleep: Box::pin(tokio::time::sleep(timeout)),
         });
         Self {
             inner,
+            state,
             bytes_in,
             bytes_out,
             pending_in: 0,
@@ -170,25 +198,25 @@ impl<T> EdgeIo<T> {
 
 impl HeadTimer {
     /// Bytes arrived: a new head starts if the connection was between requests.
-    fn on_bytes(&mut self) {
-        let requests = self.state.requests();
+    fn on_bytes(&mut self, state: &ConnState) {
+        let requests = state.requests();
         if let Some(start) = self.reading {
-            if requests != start || self.state.in_flight() > 0 {
+            if requests != start || state.is_busy() {
                 self.reading = None;
             }
         }
-        if self.reading.is_none() && self.state.in_flight() == 0 {
+        if self.reading.is_none() && !state.is_busy() {
             self.reading = Some(requests);
             self.sleep.as_mut().reset(Instant::now() + self.timeout);
         }
     }
 
     /// The stream has nothing to read: is the head that is being read late?
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+    fn expired(&mut self, state: &ConnState, cx: &mut Context<'_>) -> bool {
         let Some(start) = self.reading else {
             return false;
         };
-        if self.state.requests() != start || self.state.in_flight() > 0 {
+        if state.requests() != start || state.is_busy() {
             // The head was complete; the body or the next request is not our business.
             self.reading = None;
             return false;
@@ -208,9 +236,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for EdgeIo<T> {
             Poll::Ready(Ok(())) => {
                 let n = (buf.filled().len() - before) as u64;
                 if n > 0 {
-                    self.pending_in += n;
-                    if let Some(h) = self.head.as_mut() {
-                        h.on_bytes();
+                    let this = &mut *self;
+                    this.pending_in += n;
+                    this.state.touch_io();
+                    if let Some(h) = this.head.as_mut() {
+                        h.on_bytes(&this.state);
                     }
                 } else {
                     self.flush_in();
@@ -219,8 +249,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for EdgeIo<T> {
             }
             Poll::Pending => {
                 self.flush_in();
-                if let Some(h) = self.head.as_mut() {
-                    if h.expired(cx) {
+                let this = &mut *self;
+                if let Some(h) = this.head.as_mut() {
+                    if h.expired(&this.state, cx) {
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             "request head not received within header_timeout",
@@ -243,6 +274,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for EdgeIo<T> {
         let r = Pin::new(&mut self.inner).poll_write(cx, data);
         if let Poll::Ready(Ok(n)) = &r {
             self.pending_out += *n as u64;
+            self.state.touch_io();
         }
         r
     }
@@ -255,6 +287,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for EdgeIo<T> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = &r {
             self.pending_out += *n as u64;
+            self.state.touch_io();
         }
         r
     }
@@ -270,8 +303,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for EdgeIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.flush_out();
-        let lingers = self.head.as_ref().is_some_and(|h| h.state.wants_linger());
-        if !lingers {
+        if !self.state.wants_linger() {
             return Pin::new(&mut self.inner).poll_shutdown(cx);
         }
         let this = &mut *self;
@@ -322,24 +354,25 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    fn counters() -> (IntCounter, IntCounter) {
+    fn io_for(
+        server: tokio::io::DuplexStream,
+        state: Arc<ConnState>,
+    ) -> (EdgeIo<tokio::io::DuplexStream>, IntCounter) {
+        let i = IntCounter::new("i", "i").unwrap();
+        let o = IntCounter::new("o", "o").unwrap();
         (
-            IntCounter::new("i", "i").unwrap(),
-            IntCounter::new("o", "o").unwrap(),
+            EdgeIo::new(server, state, i.clone(), o, Some(Duration::from_secs(10))),
+            i,
         )
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_head_that_trickles_in_is_cut_at_header_timeout() {
-        let (client, server) = tokio::io::duplex(1024);
-        let (i, o) = counters();
-        let state = Arc::new(ConnState::new());
-        let mut io = EdgeIo::new(server, i, o, Some((state, Duration::from_secs(10))));
-        let mut client = client;
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (mut io, _) = io_for(server, Arc::new(ConnState::new()));
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let mut buf = [0u8; 64];
-        let n = io.read(&mut buf).await.unwrap();
-        assert_eq!(n, 16);
+        assert_eq!(io.read(&mut buf).await.unwrap(), 16);
         tokio::time::advance(Duration::from_secs(11)).await;
         let err = io.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
@@ -348,20 +381,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_idle_keep_alive_connection_has_no_head_deadline() {
         let (mut client, server) = tokio::io::duplex(1024);
-        let (i, o) = counters();
         let state = Arc::new(ConnState::new());
-        let mut io = EdgeIo::new(
-            server,
-            i.clone(),
-            o,
-            Some((state.clone(), Duration::from_secs(10))),
-        );
+        let (mut io, bytes_in) = io_for(server, state.clone());
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 64];
         assert_eq!(io.read(&mut buf).await.unwrap(), 18);
-        // The head was parsed and answered: the connection is idle now.
+        // The head was parsed and answered, and it had no body: the connection is idle now.
         state.request_started();
-        state.request_finished();
+        state.half_done();
+        state.half_done();
         let read = tokio::time::timeout(Duration::from_secs(60), io.read(&mut buf)).await;
         assert!(read.is_err(), "idle read must just wait, not fail");
         // The next request's first byte starts a fresh clock.
@@ -369,19 +397,31 @@ mod tests {
         assert_eq!(io.read(&mut buf).await.unwrap(), 1);
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!(io.read(&mut buf).await.is_err());
-        assert_eq!(i.get(), 19);
+        assert_eq!(bytes_in.get(), 19);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn body_bytes_after_the_response_are_not_a_new_head() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let state = Arc::new(ConnState::new());
+        let (mut io, _) = io_for(server, state.clone());
+        client.write_all(b"POST / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 19);
+        state.request_started();
+        // The response is done, the body is still being read.
+        state.half_done();
+        client.write_all(b"more body").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 9);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let read = tokio::time::timeout(Duration::from_secs(1), io.read(&mut buf)).await;
+        assert!(read.is_err(), "a slow body must not hit the head deadline");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_client_that_sends_nothing_is_cut_at_header_timeout() {
         let (_client, server) = tokio::io::duplex(1024);
-        let (i, o) = counters();
-        let mut io = EdgeIo::new(
-            server,
-            i,
-            o,
-            Some((Arc::new(ConnState::new()), Duration::from_secs(10))),
-        );
+        let (mut io, _) = io_for(server, Arc::new(ConnState::new()));
         let mut buf = [0u8; 8];
         let started = Instant::now();
         assert!(io.read(&mut buf).await.is_err());

@@ -24,7 +24,23 @@ use crate::runtime::Runtime;
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address as a header value, made once per connection for `x-forwarded-for`.
+    pub peer_header: http::HeaderValue,
     pub listener: Arc<ListenerInfo>,
+    pub h2: bool,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, listener: Arc<ListenerInfo>, h2: bool) -> Self {
+        let ip = crate::upstream::forward::canonical(peer.ip());
+        Self {
+            peer,
+            peer_header: http::HeaderValue::from_str(&ip.to_string())
+                .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
+            listener,
+            h2,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -207,7 +223,7 @@ impl Drop for ConnGuard {
 
 async fn accept_loop(listener: TcpListener, name: String, shared: Arc<Shared>) {
     let mut drain = shared.drain_signal();
-    let mut refused_logged = Instant::now() - Duration::from_secs(60);
+    let mut refused_logged: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -235,8 +251,8 @@ async fn accept_loop(listener: TcpListener, name: String, shared: Arc<Shared>) {
         };
         let active = listener_rt.metrics.active.clone();
         if active.get() >= max as i64 {
-            if refused_logged.elapsed() > Duration::from_secs(10) {
-                refused_logged = Instant::now();
+            if refused_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                refused_logged = Some(Instant::now());
                 tracing::warn!(listener = %name, max_connections = max, "connection limit reached: closing new connections at accept");
             }
             drop(stream);

@@ -185,14 +185,9 @@ pub struct ObservedBody {
 }
 
 impl ObservedBody {
-    /// A body that is not observed (the gateway's own answers outside any route).
-    pub fn unobserved(inner: ResBody) -> Self {
-        Self {
-            inner,
-            ctx: None,
-            bytes: 0,
-            ended: false,
-        }
+    /// Whether the gateway made this answer itself (not an upstream's).
+    pub fn is_gateway_made(&self) -> bool {
+        matches!(self.inner, ResBody::Full(_))
     }
 }
 

@@ -1,17 +1,20 @@
 //! Request ids: the first thing done to a request, before routing, so even a 404 has one.
 //!
 //! A 64-bit snowflake in decimal (SPEC §4): `(ms since 2020-01-01T00:00:00Z) << 22 |
-//! node_id << 12 | sequence`. The generator is one atomic word, no lock. A clock that steps
-//! back waits until it has caught up; a full sequence waits for the next millisecond. The id
-//! goes upstream in `x-request-id`, back to the client in the response, and into every error
-//! body and log line. With `trust_request_id` a valid incoming id is kept.
+//! node_id << 12 | sequence`. The generator is one atomic word, no lock. Its clock is the wall
+//! clock read once at start and carried forward by the monotonic clock, so a wall clock that
+//! steps back can never make ids go back or repeat, and no request ever sleeps waiting for it
+//! (a blocked tokio worker would stall every request on it). A full sequence (4096 ids in one
+//! millisecond) waits for the next millisecond. The id goes upstream in `x-request-id`, back
+//! to the client, and into every error body and log line. With `trust_request_id` a valid
+//! incoming id is kept.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
@@ -32,7 +35,9 @@ pub struct Snowflake {
     node: u64,
     /// `last_ms << 12 | sequence` of the last id handed out.
     state: AtomicU64,
-    warned_clock: AtomicBool,
+    /// The wall clock at start (ms since the snowflake epoch) and the monotonic instant then.
+    anchor_ms: u64,
+    anchor: Instant,
 }
 
 impl Snowflake {
@@ -40,58 +45,51 @@ impl Snowflake {
         Self {
             node: u64::from(node_id) & ((1 << NODE_BITS) - 1),
             state: AtomicU64::new(0),
-            warned_clock: AtomicBool::new(false),
+            anchor_ms: wall_ms(),
+            anchor: Instant::now(),
         }
+    }
+
+    /// Milliseconds since the snowflake epoch on this generator's clock.
+    fn now_ms(&self) -> u64 {
+        self.anchor_ms + self.anchor.elapsed().as_millis() as u64
     }
 
     /// The next id; unique and increasing within this process.
     pub fn next_id(&self) -> u64 {
         loop {
-            match self.try_next(now_ms()) {
-                Ok(id) => return id,
-                Err(wait) if wait.is_zero() => continue,
-                Err(wait) => {
-                    if wait > Duration::from_millis(1)
-                        && !self.warned_clock.swap(true, Ordering::Relaxed)
-                    {
-                        tracing::warn!(
-                            wait_ms = wait.as_millis() as u64,
-                            "wall clock stepped back: request ids wait for it to catch up"
-                        );
-                    }
-                    std::thread::sleep(wait.min(Duration::from_millis(1)));
-                }
+            match self.try_next(self.now_ms()) {
+                Some(id) => return id,
+                // Lost a race, or the millisecond's 4096 ids are used up: very short.
+                None => std::hint::spin_loop(),
             }
         }
     }
 
-    /// The id for wall time `now` (ms since the epoch), or how long to wait first.
-    fn try_next(&self, now: u64) -> Result<u64, Duration> {
+    /// The id for clock time `now` (ms since the epoch), or `None` to try again.
+    fn try_next(&self, now: u64) -> Option<u64> {
         let prev = self.state.load(Ordering::Acquire);
         let (last, seq) = (prev >> SEQUENCE_BITS, prev & SEQUENCE_MASK);
         let next = if now > last {
             now << SEQUENCE_BITS
-        } else if now == last && seq < SEQUENCE_MASK {
+        } else if seq < SEQUENCE_MASK {
+            // Same millisecond (or another thread read the clock a moment later): next number.
             prev + 1
-        } else if now == last {
-            return Err(Duration::from_micros(100));
         } else {
-            return Err(Duration::from_millis(last - now));
+            return None;
         };
-        match self
-            .state
+        self.state
             .compare_exchange(prev, next, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => Ok(((next >> SEQUENCE_BITS) << (NODE_BITS + SEQUENCE_BITS))
-                | (self.node << SEQUENCE_BITS)
-                | (next & SEQUENCE_MASK)),
-            // Another thread took this one; the caller's loop tries again at once.
-            Err(_) => Err(Duration::ZERO),
-        }
+            .ok()
+            .map(|_| {
+                ((next >> SEQUENCE_BITS) << (NODE_BITS + SEQUENCE_BITS))
+                    | (self.node << SEQUENCE_BITS)
+                    | (next & SEQUENCE_MASK)
+            })
     }
 }
 
-fn now_ms() -> u64 {
+fn wall_ms() -> u64 {
     let unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -215,13 +213,13 @@ mod tests {
 
     #[test]
     fn ids_have_the_snowflake_layout() {
+        let before = wall_ms();
         let g = Snowflake::new(517);
-        let before = now_ms();
         let id = g.next_id();
         let (ms, node, seq) = decode(id);
         assert_eq!(node, 517);
         assert_eq!(seq, 0);
-        assert!(ms >= before && ms <= now_ms());
+        assert!(ms >= before && ms <= wall_ms() + 1, "{ms} vs {before}");
     }
 
     #[test]
@@ -249,18 +247,30 @@ mod tests {
         let g = Snowflake::new(0);
         g.state
             .store((1000 << SEQUENCE_BITS) | SEQUENCE_MASK, Ordering::SeqCst);
-        assert!(g.try_next(1000).is_err());
+        assert_eq!(g.try_next(1000), None);
         let id = g.try_next(1001).unwrap();
         assert_eq!(decode(id), (1001, 0, 0));
     }
 
     #[test]
-    fn a_clock_stepped_back_waits_until_it_catches_up() {
+    fn ids_never_go_back_even_if_the_clock_does() {
         let g = Snowflake::new(3);
-        g.try_next(5000).unwrap();
-        assert_eq!(g.try_next(4990), Err(Duration::from_millis(10)));
-        let (ms, node, seq) = decode(g.try_next(5000).unwrap());
-        assert_eq!((ms, node, seq), (5000, 3, 1));
+        let first = g.try_next(5000).unwrap();
+        // A clock reading behind the last id (another thread, a wall-clock step) continues
+        // after it instead of going back or waiting.
+        let second = g.try_next(4990).unwrap();
+        assert!(second > first);
+        assert_eq!(decode(second), (5000, 3, 1));
+    }
+
+    #[test]
+    fn the_generator_clock_is_monotonic_from_the_wall_clock_at_start() {
+        let g = Snowflake::new(0);
+        let a = g.now_ms();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let b = g.now_ms();
+        assert!(b >= a + 5);
+        assert!(a.abs_diff(wall_ms()) < 1000);
     }
 
     #[test]

@@ -36,18 +36,32 @@ struct RouterInner {
     table: RouteTable,
     routes: Vec<RouteService>,
     fallback: RouteService,
+    max_headers: usize,
 }
 
 impl Router {
-    pub fn new(table: RouteTable, routes: Vec<RouteService>, fallback: RouteService) -> Self {
+    /// `max_headers` is checked here for HTTP/2 (hyper's HTTP/1 parser enforces it itself).
+    pub fn new(
+        table: RouteTable,
+        routes: Vec<RouteService>,
+        fallback: RouteService,
+        max_headers: usize,
+    ) -> Self {
         Self {
             inner: Arc::new(RouterInner {
                 table,
                 routes,
                 fallback,
+                max_headers,
             }),
         }
     }
+}
+
+/// Why the fallback answers a request that never reached routing.
+#[derive(Clone, Copy, Debug)]
+enum Refused {
+    TooManyHeaders,
 }
 
 impl Service<Request<ReqBody>> for Router {
@@ -66,7 +80,9 @@ impl Service<Request<ReqBody>> for Router {
             .get::<Arc<ConnInfo>>()
             .is_some_and(|c| c.listener.redirect_https.is_some());
         let mut found = None;
-        if !redirect {
+        if parts.headers.len() > self.inner.max_headers {
+            parts.extensions.insert(Refused::TooManyHeaders);
+        } else if !redirect {
             if let Some(normal) = rewrite::normalize_path(parts.uri.path()) {
                 if let Ok(uri) = rewrite::with_path(&parts.uri, &normal) {
                     parts.uri = uri;
@@ -96,6 +112,9 @@ impl Service<Request<ReqBody>> for Fallback {
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        if let Some(Refused::TooManyHeaders) = req.extensions().get::<Refused>() {
+            return std::future::ready(Err(GatewayError::TooManyHeaders));
+        }
         let port = req
             .extensions()
             .get::<Arc<ConnInfo>>()

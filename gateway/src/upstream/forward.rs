@@ -36,7 +36,7 @@ pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) count as the IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -82,7 +82,16 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
         .map(|s| canonical(s.ip()))
 }
 
-/// Remove hop-by-hop headers and every header the `Connection` header names.
+/// Headers a `Connection` header may not remove: the gateway's own and those that frame
+/// the message (removing them would change what the upstream or the client reads).
+fn is_protected(name: &HeaderName) -> bool {
+    name == header::HOST
+        || name == header::CONTENT_LENGTH
+        || name == crate::policy::request_id::X_REQUEST_ID
+}
+
+/// Remove hop-by-hop headers and every header the `Connection` header names (except the
+/// protected ones).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -91,6 +100,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !is_protected(n))
             .collect();
         for name in named {
             headers.remove(name);
@@ -104,6 +114,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// What forwarding needs to know about the hop the request came in on.
 pub struct Hop<'a> {
     pub peer: IpAddr,
+    /// The peer's address, formatted once per connection.
+    pub peer_header: Option<&'a HeaderValue>,
     pub https: bool,
     pub trusted_proxies: &'a [IpNet],
     pub host_rewrite: Option<&'a HeaderValue>,
@@ -141,26 +153,26 @@ pub fn prepare(parts: &mut Parts, hop: &Hop<'_>) -> Result<(), GatewayError> {
     strip_hop_by_hop(&mut parts.headers);
 
     let trusted = is_trusted(hop.peer, hop.trusted_proxies);
-    let peer = canonical(hop.peer);
-    // x-forwarded-for: the trusted chain plus the peer, or just the peer.
-    let xff = if trusted && parts.headers.contains_key(X_FORWARDED_FOR) {
-        let mut chain = String::new();
-        for v in parts.headers.get_all(X_FORWARDED_FOR) {
-            if let Ok(s) = v.to_str() {
-                if !chain.is_empty() {
-                    chain.push_str(", ");
-                }
-                chain.push_str(s);
-            }
-        }
-        chain.push_str(", ");
-        chain.push_str(&peer.to_string());
-        HeaderValue::from_str(&chain).ok()
-    } else {
-        HeaderValue::from_str(&peer.to_string()).ok()
+    let peer = match hop.peer_header {
+        Some(h) => h.clone(),
+        None => HeaderValue::from_str(&canonical(hop.peer).to_string())
+            .map_err(|_| GatewayError::BadRequest("invalid peer address"))?,
     };
-    if let Some(xff) = xff {
-        parts.headers.insert(X_FORWARDED_FOR, xff);
+    // x-forwarded-for: the trusted chain plus the peer, or just the peer.
+    if trusted && parts.headers.contains_key(X_FORWARDED_FOR) {
+        let mut chain = Vec::with_capacity(64);
+        for v in parts.headers.get_all(X_FORWARDED_FOR) {
+            if !chain.is_empty() {
+                chain.extend_from_slice(b", ");
+            }
+            chain.extend_from_slice(v.as_bytes());
+        }
+        chain.extend_from_slice(b", ");
+        chain.extend_from_slice(peer.as_bytes());
+        let joined = HeaderValue::from_bytes(&chain).unwrap_or(peer);
+        parts.headers.insert(X_FORWARDED_FOR, joined);
+    } else {
+        parts.headers.insert(X_FORWARDED_FOR, peer);
     }
     if !(trusted && parts.headers.contains_key(X_FORWARDED_PROTO)) {
         parts.headers.insert(
@@ -182,6 +194,11 @@ pub fn prepare(parts: &mut Parts, hop: &Hop<'_>) -> Result<(), GatewayError> {
         parts.headers.insert(header::HOST, h.clone());
     }
 
+    // HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
+
     // Origin-form for the upstream.
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let pq = parts
@@ -193,6 +210,21 @@ pub fn prepare(parts: &mut Parts, hop: &Hop<'_>) -> Result<(), GatewayError> {
     }
     parts.version = Version::HTTP_11;
     Ok(())
+}
+
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 #[cfg(test)]
@@ -234,6 +266,42 @@ mod tests {
     }
 
     #[test]
+    fn connection_cannot_remove_host_length_or_request_id() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            "host, content-length, x-request-id, x-other"
+                .parse()
+                .unwrap(),
+        );
+        h.insert("host", "a".parse().unwrap());
+        h.insert("content-length", "3".parse().unwrap());
+        h.insert("x-request-id", "1".parse().unwrap());
+        h.insert("x-other", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 3);
+        assert!(!h.contains_key("x-other"));
+    }
+
+    #[test]
+    fn http2_cookies_are_joined_for_http1() {
+        let mut p = req("https://a.example/", &[]);
+        p.version = Version::HTTP_2;
+        p.headers.append("cookie", "a=1".parse().unwrap());
+        p.headers.append("cookie", "b=2".parse().unwrap());
+        let hop = Hop {
+            peer: "127.0.0.1".parse().unwrap(),
+            peer_header: None,
+            https: true,
+            trusted_proxies: &[],
+            host_rewrite: None,
+        };
+        prepare(&mut p, &hop).unwrap();
+        let all: Vec<_> = p.headers.get_all("cookie").iter().collect();
+        assert_eq!(all, ["a=1; b=2"]);
+    }
+
+    #[test]
     fn removes_hop_by_hop_and_connection_named_headers() {
         let mut h = HeaderMap::new();
         h.insert("connection", "keep-alive, x-secret".parse().unwrap());
@@ -260,6 +328,7 @@ mod tests {
         );
         let hop = Hop {
             peer: "127.0.0.1".parse().unwrap(),
+            peer_header: None,
             https: true,
             trusted_proxies: &[],
             host_rewrite: None,
@@ -286,6 +355,7 @@ mod tests {
         let rewrite = HeaderValue::from_static("users.internal");
         let hop = Hop {
             peer: "127.0.0.1".parse().unwrap(),
+            peer_header: None,
             https: false,
             trusted_proxies: &trusted,
             host_rewrite: Some(&rewrite),
@@ -303,6 +373,7 @@ mod tests {
         p.version = Version::HTTP_2;
         let hop = Hop {
             peer: "::1".parse().unwrap(),
+            peer_header: None,
             https: true,
             trusted_proxies: &[],
             host_rewrite: None,
@@ -318,6 +389,7 @@ mod tests {
         let mut p = req("http://a.example/", &[("host", "b.example")]);
         let hop = Hop {
             peer: "127.0.0.1".parse().unwrap(),
+            peer_header: None,
             https: false,
             trusted_proxies: &[],
             host_rewrite: None,

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use crate::balance::{self, Balance};
-use crate::body::{is_body_too_large, ReqBody, ResBody};
+use crate::body::{caused_by, BodyProgress, BodyTooLarge, ClientBodyError, ReqBody, ResBody};
 use crate::config;
 use crate::edge::ConnInfo;
 use crate::endpoint::{Endpoint, Shard};
@@ -146,16 +146,53 @@ impl Tried {
     }
 }
 
+/// When the route's timers run. They start once the request has been fully received (a slow
+/// upload is the client's time, not the upstream's, as in Envoy), or when sending starts if
+/// that is later.
+struct Timing {
+    started: Instant,
+    progress: Option<Arc<BodyProgress>>,
+    timeout: Duration,
+    total_timeout: Duration,
+}
+
+impl Timing {
+    fn origin(&self, since: Instant) -> Option<Instant> {
+        match &self.progress {
+            None => Some(since),
+            Some(p) => p.done_at().map(|done| done.max(since)),
+        }
+    }
+
+    /// The end of all attempts; `None` while the body is still arriving.
+    fn total_deadline(&self) -> Option<Instant> {
+        self.origin(self.started).map(|o| o + self.total_timeout)
+    }
+
+    /// The end of an attempt that started at `attempt`; `None` while the body is arriving.
+    fn attempt_deadline(&self, attempt: Instant) -> Option<Instant> {
+        let own = self.origin(attempt)? + self.timeout;
+        Some(self.total_deadline().map_or(own, |t| own.min(t)))
+    }
+}
+
 async fn forward(
     cfg: Arc<ForwardConfig>,
     req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, GatewayError> {
-    let deadline = Instant::now() + cfg.total_timeout;
+    let timing = Timing {
+        started: Instant::now(),
+        progress: req.body().progress(),
+        timeout: cfg.timeout,
+        total_timeout: cfg.total_timeout,
+    };
     let (mut parts, body) = req.into_parts();
     {
-        let conn = parts.extensions.get::<Arc<ConnInfo>>();
+        let conn = parts.extensions.get::<Arc<ConnInfo>>().cloned();
+        let conn = conn.as_deref();
         let hop = forward::Hop {
             peer: conn.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.peer.ip()),
+            peer_header: conn.map(|c| &c.peer_header),
             https: conn.is_some_and(|c| c.listener.https),
             trusted_proxies: &cfg.trusted_proxies,
             host_rewrite: cfg.host_rewrite.as_ref(),
@@ -183,7 +220,7 @@ async fn forward(
         let Some(ep) = up.shards[i].serving() else {
             continue;
         };
-        match send(ep, req, deadline, cfg.timeout, up.config.connect_timeout).await {
+        match send(ep, req, &timing, up.config.connect_timeout).await {
             Sent::Response(res) => return Ok(res),
             Sent::Failed(e) => return Err(e),
             Sent::ConnectFailed(back, e) => {
@@ -191,7 +228,7 @@ async fn forward(
                 tracing::debug!(upstream = %up.name, target = %ep.id, error = %e, "connect failed; trying the next target");
                 req = back;
                 last_connect_error = Some(e);
-                if Instant::now() >= deadline {
+                if timing.total_deadline().is_some_and(|d| Instant::now() >= d) {
                     return Err(GatewayError::UpstreamTimeout);
                 }
             }
@@ -209,38 +246,55 @@ enum Sent {
 async fn send(
     ep: &Arc<Endpoint>,
     mut req: Request<ReqBody>,
-    deadline: Instant,
-    timeout: Duration,
+    timing: &Timing,
     connect_timeout: Duration,
 ) -> Sent {
     loop {
         let (mut sender, reused) = match ep.pool.take_idle() {
             Some(s) => (s, true),
             None => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match ep.pool.connect(connect_timeout.min(left)).await {
+                let budget = timing.total_deadline().map_or(connect_timeout, |d| {
+                    d.saturating_duration_since(Instant::now())
+                        .min(connect_timeout)
+                });
+                match ep.pool.connect(budget).await {
                     Ok(s) => (s, false),
                     Err(e) => return Sent::ConnectFailed(req, e),
                 }
             }
         };
         if reused && !sender.is_ready() {
-            // The previous response just ended; the connection's task catches up in a moment.
-            match tokio::time::timeout_at(deadline, sender.ready()).await {
-                Ok(Ok(())) => {}
-                _ => continue,
-            }
+            // Pooled connections are ready when pooled (`UpstreamBody::drop`); this one is
+            // closing.
+            continue;
         }
         let in_flight = InFlight::new(ep.clone());
-        let start = Instant::now();
-        let attempt_deadline = deadline.min(start + timeout);
-        match tokio::time::timeout_at(attempt_deadline, sender.try_send_request(req)).await {
-            Err(_) => {
+        let attempt = Instant::now();
+        let sending = sender.try_send_request(req);
+        tokio::pin!(sending);
+        let outcome = loop {
+            // While the client is still sending its body, no timer runs: look again later.
+            let (wake, last) = match timing.attempt_deadline(attempt) {
+                Some(d) => (d, true),
+                None => (Instant::now() + timing.timeout, false),
+            };
+            tokio::select! {
+                biased;
+                r = &mut sending => break Some(r),
+                () = tokio::time::sleep_until(wake) => {
+                    if last {
+                        break None;
+                    }
+                }
+            }
+        };
+        match outcome {
+            None => {
                 ep.metrics.timeout.inc();
                 return Sent::Failed(GatewayError::UpstreamTimeout);
             }
-            Ok(Ok(res)) => {
-                ep.metrics.duration.observe(start.elapsed().as_secs_f64());
+            Some(Ok(res)) => {
+                ep.metrics.duration.observe(attempt.elapsed().as_secs_f64());
                 if res.status().is_server_error() {
                     ep.metrics.error.inc();
                 } else {
@@ -256,7 +310,7 @@ async fn send(
                 };
                 return Sent::Response(Response::from_parts(parts, ResBody::Upstream(body)));
             }
-            Ok(Err(mut e)) => {
+            Some(Err(mut e)) => {
                 if let Some(back) = e.take_message() {
                     // Not sent: the connection was closing. A pooled one may simply have been
                     // closed by the upstream while idle; try another.
@@ -267,8 +321,11 @@ async fn send(
                     return Sent::ConnectFailed(req, io::Error::other(e.into_error()));
                 }
                 let err = e.into_error();
-                if is_body_too_large(&err) {
+                if caused_by::<BodyTooLarge>(&err) {
                     return Sent::Failed(GatewayError::BodyTooLarge);
+                }
+                if caused_by::<ClientBodyError>(&err) {
+                    return Sent::Failed(GatewayError::ClientGone);
                 }
                 ep.metrics.reset.inc();
                 return Sent::Failed(GatewayError::Upstream(err));
@@ -346,10 +403,49 @@ impl Body for UpstreamBody {
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // Only a body read to its end leaves the connection clean for the next request.
-        if let Some(sender) = self.sender.take() {
-            if self.ended || self.inner.is_end_stream() {
-                self.in_flight.endpoint.pool.put_back(sender);
-            }
+        let Some(sender) = self.sender.take() else {
+            return;
+        };
+        if !(self.ended || self.inner.is_end_stream()) {
+            return;
         }
+        let endpoint = self.in_flight.endpoint.clone();
+        if sender.is_ready() {
+            endpoint.pool.put_back(sender);
+            return;
+        }
+        // hyper's connection task has not caught up yet, or the upstream answered before the
+        // request body was all sent: pool the connection once it is ready, if that is soon.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let mut sender = sender;
+                if let Ok(Ok(())) = tokio::time::timeout(POOL_READY_WAIT, sender.ready()).await {
+                    endpoint.pool.put_back(sender);
+                }
+            });
+        }
+    }
+}
+
+/// How long a finished exchange may take to leave its connection reusable.
+const POOL_READY_WAIT: Duration = Duration::from_secs(5);
+
+/// Closes idle pooled connections that went stale, every `REAP_EVERY`, for as long as the
+/// upstream's config generation lives.
+pub fn spawn_reaper(upstream: &Arc<UpstreamRt>) {
+    const REAP_EVERY: Duration = Duration::from_secs(10);
+    let weak = Arc::downgrade(upstream);
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(REAP_EVERY).await;
+                let Some(up) = weak.upgrade() else { return };
+                for shard in &up.shards {
+                    for ep in &shard.endpoints {
+                        ep.pool.reap();
+                    }
+                }
+            }
+        });
     }
 }

@@ -75,6 +75,16 @@ impl Pool {
         }
     }
 
+    /// Close idle connections that are closed or too old; keep the others in order.
+    pub fn reap(&self) {
+        for _ in 0..self.idle.len() {
+            let Some(idle) = self.idle.pop() else { break };
+            if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
+                let _ = self.idle.push(idle);
+            }
+        }
+    }
+
     /// Idle connections now.
     pub fn idle_count(&self) -> usize {
         self.idle.len()
