@@ -88,6 +88,13 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
             )
         }
         (&Method::GET, "/admin/upstreams") => json_response(StatusCode::OK, &upstreams(shared)),
+        (&Method::GET, "/admin/explain") => {
+            let rt = shared.runtime.load();
+            match crate::explain::explain(&rt, req.uri().query()) {
+                Ok(v) => json_response(StatusCode::OK, &v),
+                Err(e) => json_response(StatusCode::BAD_REQUEST, &json!({ "error": e })),
+            }
+        }
         _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
     }
 }

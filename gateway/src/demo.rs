@@ -98,13 +98,13 @@ fn print_banner(config: &Config, bound: &crate::edge::Bound, backends: usize) {
     out.push_str("\nTry:\n");
     if let Some(addr) = https {
         out.push_str(&format!(
-            "  curl -sk --http2 https://localhost:{}/api/users/42              # HTTP/2 over TLS (self-signed)\n",
+            "  curl -sk --http2 -H 'x-user-id: 42' https://localhost:{}/api/users/42   # HTTP/2 over TLS (self-signed)\n",
             addr.port()
         ));
     }
     if let Some(addr) = http {
         out.push_str(&format!(
-            "  curl -s http://{addr}/api/users/42                         # HTTP/1.1\n"
+            "  curl -s -H 'x-user-id: 7' http://{addr}/api/users/7            # HTTP/1.1; the key picks the shard\n"
         ));
         out.push_str(&format!(
             "  curl -s http://{addr}/api/orders/7                         # weighted 3:1 over two targets\n"
@@ -115,8 +115,8 @@ fn print_banner(config: &Config, bound: &crate::edge::Bound, backends: usize) {
     }
     if let Some(a) = &config.admin {
         out.push_str(&format!(
-            "  curl -s http://{}/metrics | grep '^gateway_requests_total'\n  curl -s http://{}/admin/upstreams\n",
-            a.listen, a.listen
+            "  curl -s 'http://{}/admin/explain?path=/api/users/42&header.x-user-id=42'   # which shard, and why\n  curl -s http://{}/metrics | grep '^gateway_requests_total'\n  curl -s http://{}/admin/upstreams\n",
+            a.listen, a.listen, a.listen
         ));
     }
     out.push_str("\nAccess logs: RUST_LOG=info gateway demo.  Ctrl-C stops everything.\n");

@@ -4,6 +4,8 @@
 //! it into the JSON answer `{"error": ..., "request_id": ...}`. Bodies never carry internals:
 //! the detail goes to the log line.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -30,6 +32,8 @@ pub enum GatewayError {
     ClientGone,
     #[error("too many header fields")]
     TooManyHeaders,
+    #[error("missing hash key {0}")]
+    MissingKey(String),
 }
 
 /// nginx's "client closed request": logged and counted, never seen by the client.
@@ -48,12 +52,14 @@ impl GatewayError {
                 StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST)
             }
             Self::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::MissingKey(_) => StatusCode::BAD_REQUEST,
         }
     }
 
     /// What the client is told: short, stable, no internals.
-    pub fn public_message(&self) -> &'static str {
-        match self {
+    pub fn public_message(&self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
+            Self::MissingKey(key) => return Cow::Owned(format!("missing hash key {key}")),
             Self::NoRoute => "no route",
             Self::BadRequest(what) => what,
             Self::BodyTooLarge => "request body too large",
@@ -62,7 +68,7 @@ impl GatewayError {
             Self::UpstreamTimeout => "upstream timed out",
             Self::ClientGone => "client closed request",
             Self::TooManyHeaders => "too many header fields",
-        }
+        })
     }
 
     /// A short machine-readable reason for the access log.
@@ -77,12 +83,13 @@ impl GatewayError {
             Self::Upstream(_) => "upstream_error",
             Self::ClientGone => "client_gone",
             Self::TooManyHeaders => "too_many_headers",
+            Self::MissingKey(_) => "missing_key",
         }
     }
 
     /// The JSON answer for this error.
     pub fn to_response(&self, request_id: &HeaderValue) -> Response<ResBody> {
-        json_error(self.status(), self.public_message(), request_id)
+        json_error(self.status(), &self.public_message(), request_id)
     }
 }
 

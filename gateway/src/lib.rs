@@ -27,6 +27,7 @@ pub mod admin;
 pub mod body;
 pub mod demo;
 pub mod error;
+pub mod explain;
 pub mod metrics;
 pub mod runtime;
 pub mod stack;

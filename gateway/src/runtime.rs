@@ -41,6 +41,7 @@ pub struct Runtime {
     pub generation: u64,
     pub config: Arc<Config>,
     pub edge: EdgeService,
+    pub router: Router,
     pub upstreams: Vec<Arc<UpstreamRt>>,
     pub listeners: Vec<Arc<ListenerRt>>,
 }
@@ -132,14 +133,19 @@ impl Runtime {
         }));
         let table = RouteTable::new(config.routes.iter().map(|r| r.matcher.clone()).collect());
         let router = Router::new(table, stacks, fallback, config.limits.max_headers);
-        let edge = stack::edge_stack(ids.clone(), config.server.trust_request_id, router);
+        let edge = stack::edge_stack(ids.clone(), config.server.trust_request_id, router.clone());
         Ok(Self {
             generation,
             config,
             edge,
+            router,
             upstreams,
             listeners,
         })
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Arc<UpstreamRt>> {
+        self.upstreams.iter().find(|u| u.name == name)
     }
 
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerRt>> {

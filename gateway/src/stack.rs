@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tower::util::BoxCloneSyncService;
 use tower::ServiceBuilder;
 
+use crate::balance::key::KeySpec;
 use crate::policy::body_limit::BodyLimitLayer;
 use crate::policy::observe::{ObserveLayer, RouteObs};
 use crate::policy::request_id::{RequestId, RequestIdLayer, Snowflake};
@@ -36,10 +37,11 @@ pub fn route_stack(
     strip_prefix: Option<&str>,
     forward: ForwardConfig,
 ) -> RouteService {
+    let keeps_path = forward.upstream.config.hash_on == Some(KeySpec::Path);
     let svc = ServiceBuilder::new()
         .layer(ObserveLayer::new(obs))
         .layer(BodyLimitLayer::new(max_body_bytes))
-        .layer(RewriteLayer::new(strip_prefix))
+        .layer(RewriteLayer::new(strip_prefix, keeps_path))
         .service(Forward::new(forward));
     BoxCloneSyncService::new(svc)
 }

@@ -4,18 +4,22 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{repo_root, require_tool, GATEWAY_BIN};
+use crate::harness::{repo_root, require_tool, Proc, GATEWAY_BIN};
 
 #[test]
 fn the_demo_starts_and_its_printed_curl_lines_work() {
     require_tool("curl", "curl");
-    let mut child = Command::new(GATEWAY_BIN)
-        .arg("demo")
-        .current_dir(repo_root())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut proc = Proc(
+        Command::new(GATEWAY_BIN)
+            .arg("demo")
+            .current_dir(repo_root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Killed on drop, also when an assertion below fails.
+    let child = &mut proc.0;
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -73,7 +77,9 @@ fn the_demo_starts_and_its_printed_curl_lines_work() {
         );
         let body = String::from_utf8_lossy(&out.stdout);
         assert!(!body.trim().is_empty(), "{cmd} printed nothing");
-        if curl.contains("/api/users") {
+        if curl.contains("/admin/explain") {
+            assert!(body.contains("\"target\": \"users-"), "{cmd}: {body}");
+        } else if curl.contains("/api/users") {
             assert!(body.contains("\"served_by\":\"users-"), "{cmd}: {body}");
         }
         if curl.contains("/nowhere") {

@@ -327,3 +327,41 @@ pub fn require_tool(command: &str, package: &str) {
         "could not install {package} (needed for {command}); run .ci/run as root"
     );
 }
+
+/// Make sure a Debian package the tests need (a library, a server) is installed.
+pub fn require_package(package: &str) {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let installed = |p: &str| {
+        Command::new("dpkg")
+            .args(["-s", p])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if installed(package) {
+        return;
+    }
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package}"
+        ))
+        .status()
+        .expect("run apt-get");
+    assert!(
+        status.success() && installed(package),
+        "could not install {package}; run .ci/run as root"
+    );
+}
+
+/// A process the test owns; killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

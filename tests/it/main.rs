@@ -5,6 +5,7 @@ mod harness;
 
 mod admin;
 mod backends;
+mod balance;
 mod check;
 mod demo;
 mod edge;

@@ -1,39 +1,216 @@
-//! (4) Which target? The balancers of SPEC §3.
+//! (4) Which target? The eight balancers of SPEC §3, with the semantics other systems use.
 //!
 //! Comes after the route's policies and before the endpoint checks (`endpoint/`) and the
 //! upstream client (`upstream/`). Balancers are pure: no I/O, no `.await`, no lock in `pick`.
 //! `pick` walks the algorithm's own order of choices and returns the first one the caller
-//! accepts, so failover order (a down target, one already tried) is the algorithm's own.
+//! accepts, so failover order (a down target, one already tried) is the algorithm's own:
+//! the next ring point (ketama), the next table entry (Maglev), the next target in configured
+//! order (hash), none at all (slots: a slot belongs to one shard; its backups take over).
+//!
+//! Keyed balancers hash the request's key their own way (`hash_key`): MD5 for ketama,
+//! CRC16 for slots, XXH3 for hash and Maglev. Balancers whose choices depend on which targets
+//! are up (smooth WRR, Maglev) are rebuilt off the request path when that set changes
+//! (`Balancer::refresh`); the others skip down targets as they pick.
 
+pub mod hash;
+pub mod ketama;
 pub mod key;
+pub mod least_request;
+pub mod maglev;
+pub mod random;
 mod round_robin;
+pub mod slots;
 mod weighted;
 
 use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 pub use round_robin::RoundRobin;
-pub use weighted::SmoothWeighted;
+pub use weighted::{smooth_sequence, SmoothWeighted};
 
 use crate::config::{BalancerKind, Target};
 
 /// Redis Cluster's number of key slots.
 pub const SLOT_COUNT: usize = 16384;
 
+/// What a pick may look at besides the targets' indices.
+pub struct PickCtx<'a> {
+    /// The request key's hash (`Balance::hash_key`), for keyed balancers.
+    pub hash: Option<u64>,
+    /// Requests in flight to a target now (least request).
+    pub load: &'a dyn Fn(usize) -> i64,
+}
+
+impl PickCtx<'_> {
+    /// A context with a hash and no load information.
+    pub fn hashed(hash: Option<u64>) -> PickCtx<'static> {
+        PickCtx { hash, load: &|_| 0 }
+    }
+}
+
+/// Where a key lands, for `/admin/explain`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub slot: Option<u16>,
+    pub ring_point: Option<u32>,
+}
+
 /// One balancing algorithm over the configured targets of an upstream (by index).
 pub trait Balance: Send + Sync + fmt::Debug {
     /// The first choice, in this algorithm's order, that `accept` takes; `None` when it takes
-    /// none. `hash` is the request's key hash, for the hashing algorithms.
-    fn pick(&self, hash: Option<u64>, accept: &mut dyn FnMut(usize) -> bool) -> Option<usize>;
+    /// none.
+    fn pick(&self, ctx: &PickCtx<'_>, accept: &mut dyn FnMut(usize) -> bool) -> Option<usize>;
+
+    /// The key's hash as this algorithm defines it.
+    fn hash_key(&self, key: &[u8]) -> u64 {
+        xxh3(key)
+    }
+
+    /// Whether picks depend on the key alone (then explain can list the fallback order).
+    fn is_keyed(&self) -> bool {
+        false
+    }
+
+    /// Where a key hash lands (slot, ring point), for explain.
+    fn locate(&self, _hash: u64) -> Location {
+        Location::default()
+    }
 }
 
-/// Build the balancer an upstream's config asks for.
-pub fn build(kind: BalancerKind, targets: &[Target]) -> Box<dyn Balance> {
+/// XXH3-64 with seed 0: the fixed, documented hash of `hash` and Maglev keys, so every
+/// replica, every restart and any other system that reads SPEC §3 maps a key the same way.
+pub fn xxh3(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+/// An upstream's balancer, swapped whole when it must be rebuilt.
+#[derive(Debug)]
+pub struct Balancer {
+    kind: BalancerKind,
+    targets: Vec<Target>,
+    maglev_table_size: Option<usize>,
+    state: ArcSwap<Built>,
+}
+
+/// A balancer built for one set of up targets.
+#[derive(Debug)]
+pub struct Built {
+    pub algo: Box<dyn Balance>,
+    /// Which targets were up when it was built (only used by those that depend on it).
+    pub up: Vec<bool>,
+}
+
+impl Balancer {
+    pub fn new(kind: BalancerKind, targets: &[Target], maglev_table_size: Option<usize>) -> Self {
+        let up = vec![true; targets.len()];
+        let algo = build(kind, targets, &up, maglev_table_size);
+        Self {
+            kind,
+            targets: targets.to_vec(),
+            maglev_table_size,
+            state: ArcSwap::from_pointee(Built { algo, up }),
+        }
+    }
+
+    pub fn kind(&self) -> BalancerKind {
+        self.kind
+    }
+
+    /// The balancer to pick with now.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Built>> {
+        self.state.load()
+    }
+
+    /// Rebuild if this algorithm depends on which targets are up and that set changed.
+    /// Called off the request path by whoever changes health (probes, tests).
+    pub fn refresh(&self, up: &[bool]) -> bool {
+        if !matches!(
+            self.kind,
+            BalancerKind::WeightedRoundRobin | BalancerKind::Maglev
+        ) {
+            return false;
+        }
+        if self.state.load().up == up {
+            return false;
+        }
+        let algo = build(self.kind, &self.targets, up, self.maglev_table_size);
+        self.state.store(Arc::new(Built {
+            algo,
+            up: up.to_vec(),
+        }));
+        true
+    }
+}
+
+/// Build the algorithm an upstream's config asks for, over the targets marked up.
+pub fn build(
+    kind: BalancerKind,
+    targets: &[Target],
+    up: &[bool],
+    maglev_table_size: Option<usize>,
+) -> Box<dyn Balance> {
+    let ids: Vec<&str> = targets.iter().map(|t| t.id.as_str()).collect();
     match kind {
+        BalancerKind::RoundRobin => Box::new(RoundRobin::new(targets.len())),
         BalancerKind::WeightedRoundRobin => {
-            let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
+            let weights: Vec<u32> = targets
+                .iter()
+                .zip(up)
+                .map(|(t, &u)| if u { t.weight } else { 0 })
+                .collect();
             Box::new(SmoothWeighted::new(&weights))
         }
-        // Validation refuses the balancers not built yet; round robin is the safe default.
-        _ => Box::new(RoundRobin::new(targets.len())),
+        BalancerKind::Random => Box::new(random::Random::new(targets.len())),
+        BalancerKind::LeastRequest => Box::new(least_request::LeastRequest::new(targets.len())),
+        BalancerKind::Hash => Box::new(hash::ModHash::new(targets.len())),
+        BalancerKind::ConsistentHash => {
+            let weighted: Vec<(&str, u32)> =
+                targets.iter().map(|t| (t.id.as_str(), t.weight)).collect();
+            Box::new(ketama::Ketama::new(&weighted))
+        }
+        BalancerKind::Maglev => {
+            let size =
+                maglev_table_size.unwrap_or_else(|| maglev::default_table_size(targets.len()));
+            Box::new(maglev::Maglev::new(&ids, up, size))
+        }
+        BalancerKind::Slots => {
+            let ranges: Vec<_> = targets.iter().map(|t| t.slots.clone()).collect();
+            Box::new(slots::Slots::new(&ranges))
+        }
     }
+}
+
+/// A uniformly random index among those `accept` takes (and not `exclude`): a few random
+/// draws first (exactly uniform over the accepted set), then an exact count if most are
+/// rejected. No allocation.
+pub(crate) fn random_accepted(
+    n: usize,
+    exclude: Option<usize>,
+    accept: &mut dyn FnMut(usize) -> bool,
+) -> Option<usize> {
+    if n == 0 {
+        return None;
+    }
+    for _ in 0..8 {
+        let i = fastrand::usize(..n);
+        if Some(i) != exclude && accept(i) {
+            return Some(i);
+        }
+    }
+    let count = (0..n).filter(|&i| Some(i) != exclude && accept(i)).count();
+    if count == 0 {
+        return None;
+    }
+    let mut r = fastrand::usize(..count);
+    for i in 0..n {
+        if Some(i) != exclude && accept(i) {
+            if r == 0 {
+                return Some(i);
+            }
+            r -= 1;
+        }
+    }
+    None
 }

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::Balance;
+use super::{Balance, PickCtx};
 
 #[derive(Debug)]
 pub struct RoundRobin {
@@ -20,7 +20,7 @@ impl RoundRobin {
 }
 
 impl Balance for RoundRobin {
-    fn pick(&self, _hash: Option<u64>, accept: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
+    fn pick(&self, _ctx: &PickCtx<'_>, accept: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
         if self.len == 0 {
             return None;
         }
@@ -40,7 +40,7 @@ mod tests {
     fn cycles_through_targets_in_order() {
         let rr = RoundRobin::new(3);
         let picks: Vec<_> = (0..7)
-            .map(|_| rr.pick(None, &mut |_| true).unwrap())
+            .map(|_| rr.pick(&PickCtx::hashed(None), &mut |_| true).unwrap())
             .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0]);
     }
@@ -49,7 +49,7 @@ mod tests {
     fn rotates_evenly_over_the_targets_it_may_use() {
         let rr = RoundRobin::new(3);
         let picks: Vec<_> = (0..6)
-            .map(|_| rr.pick(None, &mut |i| i != 1).unwrap())
+            .map(|_| rr.pick(&PickCtx::hashed(None), &mut |i| i != 1).unwrap())
             .collect();
         assert_eq!(picks, [0, 2, 0, 2, 0, 2]);
     }
@@ -57,7 +57,10 @@ mod tests {
     #[test]
     fn returns_none_when_every_target_is_rejected() {
         let rr = RoundRobin::new(3);
-        assert_eq!(rr.pick(None, &mut |_| false), None);
-        assert_eq!(RoundRobin::new(0).pick(None, &mut |_| true), None);
+        assert_eq!(rr.pick(&PickCtx::hashed(None), &mut |_| false), None);
+        assert_eq!(
+            RoundRobin::new(0).pick(&PickCtx::hashed(None), &mut |_| true),
+            None
+        );
     }
 }

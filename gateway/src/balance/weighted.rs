@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::Balance;
+use super::{Balance, PickCtx};
 
 #[derive(Debug)]
 pub struct SmoothWeighted {
@@ -56,7 +56,7 @@ fn gcd(a: u32, b: u32) -> u32 {
 }
 
 impl Balance for SmoothWeighted {
-    fn pick(&self, _hash: Option<u64>, accept: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
+    fn pick(&self, _ctx: &PickCtx<'_>, accept: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
         let len = self.sequence.len();
         if len == 0 {
             return None;
@@ -128,11 +128,11 @@ mod tests {
     fn picks_follow_the_sequence_and_skip_rejected_targets() {
         let b = SmoothWeighted::new(&[5, 1, 1]);
         let picks: Vec<_> = (0..7)
-            .map(|_| b.pick(None, &mut |_| true).unwrap())
+            .map(|_| b.pick(&PickCtx::hashed(None), &mut |_| true).unwrap())
             .collect();
         assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0]);
         let picks: Vec<_> = (0..70)
-            .map(|_| b.pick(None, &mut |i| i != 0).unwrap())
+            .map(|_| b.pick(&PickCtx::hashed(None), &mut |i| i != 0).unwrap())
             .collect();
         assert!(picks.iter().all(|&i| i != 0));
         // b and c have equal weights: without a they share evenly.

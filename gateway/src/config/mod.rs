@@ -128,6 +128,8 @@ pub struct Upstream {
     pub on_missing_key: OnMissingKey,
     pub connect_timeout: Duration,
     pub targets: Vec<Target>,
+    /// Maglev only; `None` means the default size.
+    pub maglev_table_size: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,11 +148,22 @@ pub struct Route {
     pub matcher: Match,
     pub upstream: String,
     pub strip_prefix: Option<String>,
+    /// The policies the route names (each a table of the config).
+    pub policies: RoutePolicies,
     /// Per attempt: the upstream's response head must start within it.
     pub timeout: Duration,
     /// All attempts together.
     pub total_timeout: Duration,
     pub host_rewrite: Option<HeaderValue>,
+}
+
+/// Names of the policy tables a route uses; `None` is off.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutePolicies {
+    pub jwt: Option<String>,
+    pub api_key: Option<String>,
+    pub integrity: Option<String>,
+    pub rate_limit: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -15,14 +15,13 @@ use toml::Spanned;
 use super::file::{self, BalancerKind, OnMissingKey, SizeValue, SlotsValue};
 use super::units::{parse_duration, parse_size};
 use super::{
-    Admin, CertSource, Config, HostMatch, Limits, Listener, Loaded, Match, Mode, Route, Server,
-    Source, Target, Tls, TlsVersion, Upstream,
+    Admin, CertSource, Config, HostMatch, Limits, Listener, Loaded, Match, Mode, Route,
+    RoutePolicies, Server, Source, Target, Tls, TlsVersion, Upstream,
 };
 use crate::balance::key::KeySpec;
 use crate::balance::SLOT_COUNT;
 
 /// Which issue builds a feature whose keys already parse; named in "not supported yet" errors.
-const ISSUE_BALANCING: &str = "load balancing, issue #3";
 const ISSUE_RESILIENCE: &str = "resilience, issue #4";
 const ISSUE_SECURITY: &str = "security, issue #5";
 const ISSUE_RATE_LIMITS: &str = "rate limiting, issue #6";
@@ -579,22 +578,18 @@ impl Validator<'_> {
             .balancer
             .as_ref()
             .map_or(BalancerKind::RoundRobin, |b| *b.get_ref());
-        if let Some(b) = &uf.balancer {
-            if !matches!(
-                balancer,
-                BalancerKind::RoundRobin | BalancerKind::WeightedRoundRobin
-            ) {
-                self.not_supported(
-                    b.span(),
-                    &format!("balancer {:?}", balancer.as_str()),
-                    ISSUE_BALANCING,
-                );
-            }
-        }
         let hash_on = match &uf.hash_on {
             Some(h) => match KeySpec::parse(h.get_ref()) {
                 Ok(KeySpec::Route) => {
                     self.error(h.span(), "hash_on cannot be \"route\" (every request of a route would go to one target)");
+                    None
+                }
+                Ok(KeySpec::Jwt(_)) => {
+                    self.not_supported(
+                        h.span(),
+                        "hash_on = \"jwt.CLAIM\" (claims come with JWT auth)",
+                        ISSUE_SECURITY,
+                    );
                     None
                 }
                 Ok(key) => {
@@ -655,12 +650,25 @@ impl Validator<'_> {
         if let Some(m) = &uf.max_pending {
             self.not_supported(m.span(), "max_pending", ISSUE_RESILIENCE);
         }
+        let mut maglev_table_size = None;
         if let Some(m) = &uf.maglev_table_size {
+            let size = *m.get_ref();
+            let targets = uf.targets.get_ref().len() as i64;
             if balancer != BalancerKind::Maglev {
                 self.error(
                     m.span(),
                     "maglev_table_size only applies to balancer = \"maglev\"",
                 );
+            } else if !(size >= targets.max(2)
+                && size <= 50_000_017
+                && crate::balance::maglev::is_prime(size as usize))
+            {
+                self.error(
+                    m.span(),
+                    format!("maglev_table_size {size} must be a prime, at least the number of targets ({targets}) and at most 50000017 (65537 and 655373 are common choices)"),
+                );
+            } else {
+                maglev_table_size = Some(size as usize);
             }
         }
 
@@ -672,6 +680,7 @@ impl Validator<'_> {
             on_missing_key,
             connect_timeout,
             targets,
+            maglev_table_size,
         })
     }
 
@@ -935,6 +944,12 @@ impl Validator<'_> {
                 matcher,
                 upstream: upstream.clone(),
                 strip_prefix,
+                policies: RoutePolicies {
+                    jwt: rf.jwt.as_ref().map(|n| n.get_ref().clone()),
+                    api_key: rf.api_key.as_ref().map(|n| n.get_ref().clone()),
+                    integrity: rf.integrity.as_ref().map(|n| n.get_ref().clone()),
+                    rate_limit: rf.rate_limit.as_ref().map(|n| n.get_ref().clone()),
+                },
                 timeout,
                 total_timeout,
                 host_rewrite,

@@ -58,6 +58,13 @@ impl Router {
     }
 }
 
+impl Router {
+    /// The route table (for `/admin/explain`).
+    pub fn table(&self) -> &RouteTable {
+        &self.inner.table
+    }
+}
+
 /// Why the fallback answers a request that never reached routing.
 #[derive(Clone, Copy, Debug)]
 enum Refused {

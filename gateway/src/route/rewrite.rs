@@ -92,16 +92,24 @@ pub fn with_path(uri: &Uri, path: &str) -> Result<Uri, GatewayError> {
     Uri::from_parts(parts).map_err(|_| GatewayError::BadRequest("invalid request path"))
 }
 
+/// The path a request was routed on, before `strip_prefix` (kept only when a `path` hash key
+/// needs it).
+#[derive(Clone, Debug)]
+pub struct OriginalPath(pub String);
+
 /// The route's `strip_prefix`, applied after matching.
 #[derive(Clone, Debug)]
 pub struct RewriteLayer {
     strip_prefix: Option<std::sync::Arc<str>>,
+    keep_original: bool,
 }
 
 impl RewriteLayer {
-    pub fn new(strip_prefix: Option<&str>) -> Self {
+    /// `keep_original`: remember the path before rewriting (the upstream hashes on it).
+    pub fn new(strip_prefix: Option<&str>, keep_original: bool) -> Self {
         Self {
             strip_prefix: strip_prefix.map(Into::into),
+            keep_original,
         }
     }
 }
@@ -112,6 +120,7 @@ impl<S> Layer<S> for RewriteLayer {
         Rewrite {
             inner,
             strip_prefix: self.strip_prefix.clone(),
+            keep_original: self.keep_original,
         }
     }
 }
@@ -120,6 +129,7 @@ impl<S> Layer<S> for RewriteLayer {
 pub struct Rewrite<S> {
     inner: S,
     strip_prefix: Option<std::sync::Arc<str>>,
+    keep_original: bool,
 }
 
 impl<S, B, R> Service<Request<B>> for Rewrite<S>
@@ -139,7 +149,13 @@ where
             if let Some(rest) = strip_prefix(req.uri().path(), prefix) {
                 if rest.len() != req.uri().path().len() {
                     match with_path(req.uri(), rest) {
-                        Ok(uri) => *req.uri_mut() = uri,
+                        Ok(uri) => {
+                            if self.keep_original {
+                                let original = OriginalPath(req.uri().path().to_string());
+                                req.extensions_mut().insert(original);
+                            }
+                            *req.uri_mut() = uri;
+                        }
                         Err(e) => return Either::Left(std::future::ready(Err(e))),
                     }
                 }

@@ -24,13 +24,15 @@ use ipnet::IpNet;
 use tokio::time::Instant;
 use tower::Service;
 
-use crate::balance::{self, Balance};
+use crate::balance::{key, Balancer, PickCtx};
 use crate::body::{caused_by, BodyProgress, BodyTooLarge, ClientBodyError, ReqBody, ResBody};
-use crate::config;
+use crate::config::{self, OnMissingKey};
 use crate::edge::ConnInfo;
 use crate::endpoint::{Endpoint, Shard};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::policy::observe::ClientIp;
+use crate::route::rewrite::OriginalPath;
 use pool::Sender;
 
 /// One upstream of a config generation: its balancer over its shards.
@@ -38,7 +40,7 @@ use pool::Sender;
 pub struct UpstreamRt {
     pub name: String,
     pub config: config::Upstream,
-    pub balancer: Box<dyn Balance>,
+    pub balancer: Balancer,
     pub shards: Vec<Shard>,
 }
 
@@ -74,9 +76,34 @@ impl UpstreamRt {
             .collect();
         Self {
             name: cfg.name.clone(),
-            balancer: balance::build(cfg.balancer, &cfg.targets),
+            balancer: Balancer::new(cfg.balancer, &cfg.targets, cfg.maglev_table_size),
             config: cfg.clone(),
             shards,
+        }
+    }
+
+    /// Rebuild the balancer if it depends on the up set and that changed (off the request
+    /// path: called by whoever changes an endpoint's health).
+    pub fn refresh_balancer(&self) -> bool {
+        let up: Vec<bool> = self.shards.iter().map(Shard::is_up).collect();
+        self.balancer.refresh(&up)
+    }
+
+    /// The key hash of a request for this upstream's balancer: `Ok(None)` when the balancer
+    /// takes no key (or the key is missing and `on_missing_key = "random"`).
+    pub fn request_hash(
+        &self,
+        parts: &http::request::Parts,
+        client: Option<IpAddr>,
+        path: &str,
+    ) -> Result<Option<u64>, GatewayError> {
+        let Some(spec) = &self.config.hash_on else {
+            return Ok(None);
+        };
+        match key::extract(spec, parts, client, path) {
+            Some(k) => Ok(Some(self.balancer.load().algo.hash_key(&k))),
+            None if self.config.on_missing_key == OnMissingKey::Random => Ok(None),
+            None => Err(GatewayError::MissingKey(spec.to_string())),
         }
     }
 }
@@ -187,6 +214,15 @@ async fn forward(
         total_timeout: cfg.total_timeout,
     };
     let (mut parts, body) = req.into_parts();
+    let up = &cfg.upstream;
+    let hash = {
+        let client = parts.extensions.get::<ClientIp>().map(|c| c.0);
+        let path = parts
+            .extensions
+            .get::<OriginalPath>()
+            .map_or(parts.uri.path(), |p| p.0.as_str());
+        up.request_hash(&parts, client, path)?
+    };
     {
         let conn = parts.extensions.get::<Arc<ConnInfo>>().cloned();
         let conn = conn.as_deref();
@@ -203,13 +239,17 @@ async fn forward(
     parts.extensions.clear();
     let mut req = Request::from_parts(parts, body);
 
-    let up = &cfg.upstream;
     let mut tried = Tried::new(up.shards.len());
     let mut last_connect_error = None;
+    let load = |i: usize| up.shards[i].serving().map_or(0, |e| e.in_flight());
     loop {
-        let pick = up
-            .balancer
-            .pick(None, &mut |i| !tried.contains(i) && up.shards[i].is_up());
+        let pick = {
+            let ctx = PickCtx { hash, load: &load };
+            let built = up.balancer.load();
+            built
+                .algo
+                .pick(&ctx, &mut |i| !tried.contains(i) && up.shards[i].is_up())
+        };
         let Some(i) = pick else {
             return Err(match last_connect_error {
                 Some(e) => GatewayError::Connect(e),
@@ -217,19 +257,21 @@ async fn forward(
             });
         };
         tried.insert(i);
-        let Some(ep) = up.shards[i].serving() else {
-            continue;
-        };
-        match send(ep, req, &timing, up.config.connect_timeout).await {
-            Sent::Response(res) => return Ok(res),
-            Sent::Failed(e) => return Err(e),
-            Sent::ConnectFailed(back, e) => {
-                ep.metrics.connect_error.inc();
-                tracing::debug!(upstream = %up.name, target = %ep.id, error = %e, "connect failed; trying the next target");
-                req = back;
-                last_connect_error = Some(e);
-                if timing.total_deadline().is_some_and(|d| Instant::now() >= d) {
-                    return Err(GatewayError::UpstreamTimeout);
+        // The shard's endpoints in order: its primary, then its backups, each up one once.
+        // A connect failure (nothing sent) moves on to the next; when the whole shard failed,
+        // to the balancer's next choice.
+        for ep in up.shards[i].endpoints.iter().filter(|e| e.is_up()) {
+            match send(ep, req, &timing, up.config.connect_timeout).await {
+                Sent::Response(res) => return Ok(res),
+                Sent::Failed(e) => return Err(e),
+                Sent::ConnectFailed(back, e) => {
+                    ep.metrics.connect_error.inc();
+                    tracing::debug!(upstream = %up.name, target = %ep.id, error = %e, "connect failed; trying the next endpoint");
+                    req = back;
+                    last_connect_error = Some(e);
+                    if timing.total_deadline().is_some_and(|d| Instant::now() >= d) {
+                        return Err(GatewayError::UpstreamTimeout);
+                    }
                 }
             }
         }
