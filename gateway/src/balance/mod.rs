@@ -214,3 +214,73 @@ pub(crate) fn random_accepted(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn targets(n: usize) -> Vec<Target> {
+        (0..n)
+            .map(|i| Target {
+                id: format!("t{i}"),
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                weight: 1,
+                backups: Vec::new(),
+                slots: Vec::new(),
+            })
+            .collect()
+    }
+
+    fn picks(b: &Balancer, key: &str) -> usize {
+        let built = b.load();
+        let hash = built.algo.hash_key(key.as_bytes());
+        built
+            .algo
+            .pick(&PickCtx::hashed(Some(hash)), &mut |_| true)
+            .unwrap()
+    }
+
+    #[test]
+    fn maglev_is_rebuilt_over_the_up_set_and_back() {
+        let b = Balancer::new(BalancerKind::Maglev, &targets(4), None);
+        let before: Vec<usize> = (0..2000).map(|k| picks(&b, &format!("k{k}"))).collect();
+        assert!(b.refresh(&[true, false, true, true]));
+        // Rebuilt: the table no longer holds target 1 at all (no per-request skipping).
+        let during: Vec<usize> = (0..2000).map(|k| picks(&b, &format!("k{k}"))).collect();
+        assert!(during.iter().all(|&t| t != 1));
+        assert!(
+            !b.refresh(&[true, false, true, true]),
+            "same up set: nothing to rebuild"
+        );
+        assert!(b.refresh(&[true; 4]));
+        let after: Vec<usize> = (0..2000).map(|k| picks(&b, &format!("k{k}"))).collect();
+        assert_eq!(before, after, "fail-back restores every key's target");
+    }
+
+    #[test]
+    fn smooth_wrr_is_rebuilt_and_others_need_no_rebuild() {
+        let b = Balancer::new(BalancerKind::WeightedRoundRobin, &targets(3), None);
+        assert!(b.refresh(&[false, true, true]));
+        let seq: Vec<usize> = (0..4)
+            .map(|_| {
+                b.load()
+                    .algo
+                    .pick(&PickCtx::hashed(None), &mut |_| true)
+                    .unwrap()
+            })
+            .collect();
+        assert!(seq.iter().all(|&t| t != 0), "{seq:?}");
+        for kind in [
+            BalancerKind::RoundRobin,
+            BalancerKind::ConsistentHash,
+            BalancerKind::Slots,
+            BalancerKind::Hash,
+        ] {
+            let b = Balancer::new(kind, &targets(3), None);
+            assert!(
+                !b.refresh(&[false, true, true]),
+                "{kind:?} skips down targets as it picks"
+            );
+        }
+    }
+}
