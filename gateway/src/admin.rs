@@ -111,14 +111,26 @@ pub fn upstreams(shared: &Shared) -> serde_json::Value {
                 .iter()
                 .map(|s| {
                     let endpoint = |e: &crate::endpoint::Endpoint| {
+                        let now = crate::clock::now_ms();
+                        let probe = e.last_probe().map(|p| {
+                            json!({
+                                "at": crate::clock::rfc3339(p.at_ms),
+                                "ok": p.ok,
+                                "status": p.status,
+                                "error": p.error,
+                                "duration_ms": p.duration_ms,
+                            })
+                        });
                         json!({
                             "id": e.id,
                             "addr": e.addr.to_string(),
                             "up": e.is_up(),
-                            "last_probe": null,
-                            "circuit": "closed",
+                            "healthy": e.is_healthy(),
+                            "last_probe": probe,
+                            "circuit": e.circuit().as_str(),
                             "in_flight": e.in_flight(),
-                            "ejected_until": null,
+                            "ejected_until": e.outlier.as_ref().and_then(|o| o.ejected_until(now)).map(crate::clock::rfc3339),
+                            "ejections": e.outlier.as_ref().map_or(0, |o| o.ejections()),
                             "idle_connections": e.pool.idle_count(),
                         })
                     };

@@ -4,8 +4,9 @@
 //! chunked bodies with no length). `ResBody` is what a route answers: the upstream's body
 //! (which hands its connection back to the pool when it ends) or a small gateway-made one.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use tokio::time::Instant;
@@ -44,6 +45,43 @@ impl BodyProgress {
     }
 }
 
+/// Bodies up to this size are kept while they stream, so a retry can send them again.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// What a body kept for replay has collected.
+#[derive(Debug, Default)]
+pub struct ReplayBuf {
+    frames: Vec<Bytes>,
+    size: usize,
+    overflow: bool,
+    complete: bool,
+}
+
+/// How to send a request's body again for a retry.
+#[derive(Debug, Clone)]
+pub enum Replay {
+    /// The request had no body.
+    Empty,
+    /// The body as it streamed, if it was complete and small enough.
+    Kept(Arc<Mutex<ReplayBuf>>),
+    /// Not kept (no retry policy, or not idempotent).
+    No,
+}
+
+impl Replay {
+    /// A fresh body for another attempt, if there is one to send.
+    pub fn body(&self) -> Option<ReqBody> {
+        match self {
+            Self::Empty => Some(ReqBody::empty()),
+            Self::No => None,
+            Self::Kept(buf) => {
+                let b = buf.lock().ok()?;
+                (b.complete && !b.overflow).then(|| ReqBody::from_frames(b.frames.clone()))
+            }
+        }
+    }
+}
+
 /// The client's request body, limited to `max_body_bytes`. It holds the body half of its
 /// connection's busy count (`edge/io.rs`) until it ends or is dropped.
 #[derive(Debug)]
@@ -53,6 +91,10 @@ pub struct ReqBody {
     conn: Option<Arc<ConnState>>,
     /// Only for bodies still to come (GETs and the like need none).
     progress: Option<Arc<BodyProgress>>,
+    /// Frames kept for a retry (only when a retry policy may use them).
+    replay: Option<Arc<Mutex<ReplayBuf>>>,
+    /// A replayed body's frames.
+    buffered: VecDeque<Bytes>,
 }
 
 impl ReqBody {
@@ -63,6 +105,8 @@ impl ReqBody {
             remaining: limit,
             conn,
             progress: None,
+            replay: None,
+            buffered: VecDeque::new(),
         };
         if ended {
             body.finish();
@@ -74,11 +118,63 @@ impl ReqBody {
 
     /// A body with nothing in it.
     pub fn empty() -> Self {
+        Self::from_frames(Vec::new())
+    }
+
+    /// A body sent again from kept frames.
+    fn from_frames(frames: Vec<Bytes>) -> Self {
         Self {
             inner: None,
             remaining: 0,
             conn: None,
             progress: None,
+            replay: None,
+            buffered: frames.into(),
+        }
+    }
+
+    /// Keep the frames as they stream (up to `REPLAY_LIMIT`), for a retry.
+    pub fn keep_for_replay(&mut self) {
+        if self.inner.is_some() && self.progress.is_some() && self.replay.is_none() {
+            self.replay = Some(Arc::new(Mutex::new(ReplayBuf::default())));
+        }
+    }
+
+    /// How to send this body again.
+    pub fn replay(&self) -> Replay {
+        if let Some(r) = &self.replay {
+            return Replay::Kept(r.clone());
+        }
+        let empty =
+            self.inner.as_ref().is_none_or(|b| b.is_end_stream()) && self.buffered.is_empty();
+        if empty {
+            Replay::Empty
+        } else {
+            Replay::No
+        }
+    }
+
+    fn keep(&self, data: &Bytes) {
+        if let Some(r) = &self.replay {
+            if let Ok(mut b) = r.lock() {
+                if !b.overflow {
+                    if b.size + data.len() > REPLAY_LIMIT {
+                        b.overflow = true;
+                        b.frames = Vec::new();
+                    } else {
+                        b.size += data.len();
+                        b.frames.push(data.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn mark_complete(&self) {
+        if let Some(r) = &self.replay {
+            if let Ok(mut b) = r.lock() {
+                b.complete = true;
+            }
         }
     }
 
@@ -112,7 +208,7 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(None);
+            return Poll::Ready(self.buffered.pop_front().map(|d| Ok(Frame::data(d))));
         };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -125,8 +221,10 @@ impl Body for ReqBody {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     self.remaining -= len;
+                    self.keep(data);
                 }
                 if self.inner.as_ref().is_some_and(|b| b.is_end_stream()) {
+                    self.mark_complete();
                     self.finish();
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -137,6 +235,7 @@ impl Body for ReqBody {
                 Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))))
             }
             Poll::Ready(None) => {
+                self.mark_complete();
                 self.finish();
                 Poll::Ready(None)
             }
@@ -145,13 +244,17 @@ impl Body for ReqBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+        match &self.inner {
+            Some(b) => b.is_end_stream(),
+            None => self.buffered.is_empty(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+        match &self.inner {
+            Some(b) => b.size_hint(),
+            None => SizeHint::with_exact(self.buffered.iter().map(|b| b.len() as u64).sum::<u64>()),
+        }
     }
 }
 

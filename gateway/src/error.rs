@@ -34,6 +34,8 @@ pub enum GatewayError {
     TooManyHeaders,
     #[error("missing hash key {0}")]
     MissingKey(String),
+    #[error("upstream concurrency limit reached")]
+    Overloaded,
 }
 
 /// nginx's "client closed request": logged and counted, never seen by the client.
@@ -53,6 +55,7 @@ impl GatewayError {
             }
             Self::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::MissingKey(_) => StatusCode::BAD_REQUEST,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -68,6 +71,7 @@ impl GatewayError {
             Self::UpstreamTimeout => "upstream timed out",
             Self::ClientGone => "client closed request",
             Self::TooManyHeaders => "too many header fields",
+            Self::Overloaded => "upstream overloaded",
         })
     }
 
@@ -84,6 +88,7 @@ impl GatewayError {
             Self::ClientGone => "client_gone",
             Self::TooManyHeaders => "too_many_headers",
             Self::MissingKey(_) => "missing_key",
+            Self::Overloaded => "overloaded",
         }
     }
 

@@ -25,6 +25,7 @@ pub mod upstream;
 
 pub mod admin;
 pub mod body;
+pub mod clock;
 pub mod demo;
 pub mod error;
 pub mod explain;

@@ -313,9 +313,10 @@ impl Metrics {
         };
         let up = self.upstream_up.with_label_values(&[upstream, target]);
         let circuit = self.circuit_state.with_label_values(&[upstream, target]);
-        self.outlier_ejections_total
-            .with_label_values(&[upstream, target])
-            .inc_by(0);
+        let ejections = self
+            .outlier_ejections_total
+            .with_label_values(&[upstream, target]);
+        ejections.inc_by(0);
         EndpointMetrics {
             ok: outcome(Outcome::Ok),
             error: outcome(Outcome::Error),
@@ -330,6 +331,7 @@ impl Metrics {
                 .with_label_values(&[upstream, target]),
             up,
             circuit,
+            ejections,
         }
     }
 
@@ -482,6 +484,7 @@ pub struct EndpointMetrics {
     pub in_flight: IntGauge,
     pub up: IntGauge,
     pub circuit: IntGauge,
+    pub ejections: IntCounter,
 }
 
 impl EndpointMetrics {

@@ -97,7 +97,7 @@ impl Runtime {
             .map(|u| Arc::new(UpstreamRt::build(u, metrics)))
             .collect();
         for u in &upstreams {
-            crate::upstream::spawn_reaper(u);
+            crate::upstream::spawn_background(u);
         }
 
         let trusted: Arc<[IpNet]> = config.server.trusted_proxies.clone().into();
@@ -123,6 +123,8 @@ impl Runtime {
                     total_timeout: r.total_timeout,
                     host_rewrite: r.host_rewrite.clone(),
                     trusted_proxies: trusted.clone(),
+                    retry: r.retry.clone(),
+                    fallback: r.fallback.clone(),
                 },
             ));
         }

@@ -108,23 +108,73 @@ listen = "127.0.0.1:8080"
 
 [upstreams.u]
 targets = [{ addr = "127.0.0.1:9001" }]
-health = { path = "/health" }
+
+[rate_limits.per_ip]
+key = "ip"
+rate = 10
+per = "1s"
+burst = 5
 
 [[routes]]
 name = "r"
 upstream = "u"
-retry = { attempts = 2 }
+compress = true
 "#;
     let (code, _, err) = check(config);
     assert_eq!(code, 1);
     assert!(
-        err.contains("g.toml:7:10: health checks is not supported yet"),
+        err.contains("g.toml:8:14: [rate_limits] is not supported yet"),
         "{err}"
     );
     assert!(
-        err.contains("g.toml:12:9: retry is not supported yet"),
+        err.contains("g.toml:17:12: compress is not supported yet"),
         "{err}"
     );
+}
+
+#[test]
+fn resilience_tables_parse_with_their_defaults_and_ranges() {
+    let config = r#"[[listeners]]
+name = "http"
+listen = "127.0.0.1:8080"
+
+[upstreams.u]
+targets = [{ addr = "127.0.0.1:9001" }]
+health = { path = "health" }
+outlier = { base_ejection = "60s", max_ejection = "10s" }
+circuit_breaker = { error_ratio = 1.5 }
+max_in_flight = 0
+
+[[routes]]
+name = "r"
+upstream = "u"
+retry = { attempts = 2, budget = 2.0, on = ["reset", "5xx", "599", "flaky"] }
+fallback = { status = 700 }
+"#;
+    let (code, _, err) = check(config);
+    assert_eq!(code, 1);
+    for e in [
+        "g.toml:7:19: health path \"health\" must start with /",
+        "g.toml:8:51: max_ejection must be at least base_ejection",
+        "g.toml:9:35: error_ratio must be within (0, 1]",
+        "g.toml:10:17: max_in_flight must be within 1..=10000000",
+        "g.toml:15:34: budget must be within 0..=1",
+        "g.toml:15:68: retry on \"flaky\"",
+        "g.toml:16:23: fallback status must be within 100..=599",
+    ] {
+        assert!(err.contains(e), "missing {e:?} in:\n{err}");
+    }
+    let ok = config
+        .replace("path = \"health\"", "path = \"/health\"")
+        .replace("max_ejection = \"10s\"", "max_ejection = \"600s\"")
+        .replace("error_ratio = 1.5", "error_ratio = 0.5")
+        .replace("max_in_flight = 0", "max_in_flight = 100")
+        .replace("budget = 2.0", "budget = 0.2")
+        .replace(", \"flaky\"", "")
+        .replace("status = 700", "status = 503");
+    let (code, out, err) = check(&ok);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok"));
 }
 
 #[test]

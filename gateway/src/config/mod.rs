@@ -130,6 +130,72 @@ pub struct Upstream {
     pub targets: Vec<Target>,
     /// Maglev only; `None` means the default size.
     pub maglev_table_size: Option<usize>,
+    pub health: Option<HealthCheck>,
+    pub outlier: Option<OutlierPolicy>,
+    pub circuit_breaker: Option<BreakerPolicy>,
+    pub max_in_flight: Option<u64>,
+    pub max_pending: Option<u64>,
+}
+
+/// Active health checks of every target and backup of an upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+/// Passive outlier detection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierPolicy {
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    pub max_ejection_percent: u32,
+}
+
+/// Per-target circuit breaker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerPolicy {
+    pub error_ratio: f64,
+    pub min_requests: u32,
+    pub window: Duration,
+    pub open_for: Duration,
+    pub half_open_requests: u32,
+}
+
+/// A route's retries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first try.
+    pub attempts: u32,
+    pub budget: f64,
+    pub on: RetryOn,
+}
+
+/// What a retry is for (connect errors always move on, whatever this says).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    pub reset: bool,
+    pub timeout: bool,
+    pub any_5xx: bool,
+    pub statuses: Vec<u16>,
+}
+
+impl RetryOn {
+    pub fn status(&self, status: u16) -> bool {
+        (self.any_5xx && (500..600).contains(&status)) || self.statuses.contains(&status)
+    }
+}
+
+/// The degraded answer of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    pub status: http::StatusCode,
+    pub content_type: HeaderValue,
+    pub body: bytes::Bytes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +221,8 @@ pub struct Route {
     /// All attempts together.
     pub total_timeout: Duration,
     pub host_rewrite: Option<HeaderValue>,
+    pub retry: Option<RetryPolicy>,
+    pub fallback: Option<Fallback>,
 }
 
 /// Names of the policy tables a route uses; `None` is off.

@@ -15,14 +15,14 @@ use toml::Spanned;
 use super::file::{self, BalancerKind, OnMissingKey, SizeValue, SlotsValue};
 use super::units::{parse_duration, parse_size};
 use super::{
-    Admin, CertSource, Config, HostMatch, Limits, Listener, Loaded, Match, Mode, Route,
-    RoutePolicies, Server, Source, Target, Tls, TlsVersion, Upstream,
+    Admin, BreakerPolicy, CertSource, Config, Fallback, HealthCheck, HostMatch, Limits, Listener,
+    Loaded, Match, Mode, OutlierPolicy, RetryOn, RetryPolicy, Route, RoutePolicies, Server, Source,
+    Target, Tls, TlsVersion, Upstream,
 };
 use crate::balance::key::KeySpec;
 use crate::balance::SLOT_COUNT;
 
 /// Which issue builds a feature whose keys already parse; named in "not supported yet" errors.
-const ISSUE_RESILIENCE: &str = "resilience, issue #4";
 const ISSUE_SECURITY: &str = "security, issue #5";
 const ISSUE_RATE_LIMITS: &str = "rate limiting, issue #6";
 const ISSUE_OPERATIONS: &str = "operations, issue #7";
@@ -635,21 +635,110 @@ impl Validator<'_> {
             "connect_timeout",
         );
 
-        if let Some(h) = &uf.health {
-            self.not_supported(h.span(), "health checks", ISSUE_RESILIENCE);
-        }
-        if let Some(o) = &uf.outlier {
-            self.not_supported(o.span(), "outlier detection", ISSUE_RESILIENCE);
-        }
-        if let Some(c) = &uf.circuit_breaker {
-            self.not_supported(c.span(), "circuit_breaker", ISSUE_RESILIENCE);
-        }
-        if let Some(m) = &uf.max_in_flight {
-            self.not_supported(m.span(), "max_in_flight", ISSUE_RESILIENCE);
-        }
-        if let Some(m) = &uf.max_pending {
-            self.not_supported(m.span(), "max_pending", ISSUE_RESILIENCE);
-        }
+        let health = uf.health.as_ref().map(|h| {
+            let hf = h.get_ref();
+            let path = match &hf.path {
+                Some(p) if !p.get_ref().starts_with('/') => {
+                    self.error(
+                        p.span(),
+                        format!("health path {:?} must start with /", p.get_ref()),
+                    );
+                    "/health".to_string()
+                }
+                Some(p) => p.get_ref().clone(),
+                None => "/health".to_string(),
+            };
+            let interval = self.positive_duration(&hf.interval, Duration::from_secs(2), "interval");
+            let timeout = self.positive_duration(&hf.timeout, Duration::from_secs(1), "timeout");
+            if timeout > interval {
+                if let Some(t) = &hf.timeout {
+                    self.warn(
+                        t.span(),
+                        "health timeout is longer than its interval: probes will overlap",
+                    );
+                }
+            }
+            HealthCheck {
+                path,
+                interval,
+                timeout,
+                healthy_threshold: self.int_in(
+                    &hf.healthy_threshold,
+                    2,
+                    1..=100,
+                    "healthy_threshold",
+                ) as u32,
+                unhealthy_threshold: self.int_in(
+                    &hf.unhealthy_threshold,
+                    3,
+                    1..=100,
+                    "unhealthy_threshold",
+                ) as u32,
+            }
+        });
+        let outlier = uf.outlier.as_ref().map(|o| {
+            let of = o.get_ref();
+            let base =
+                self.positive_duration(&of.base_ejection, Duration::from_secs(30), "base_ejection");
+            let max =
+                self.positive_duration(&of.max_ejection, Duration::from_secs(300), "max_ejection");
+            if max < base {
+                if let Some(m) = &of.max_ejection {
+                    self.error(m.span(), "max_ejection must be at least base_ejection");
+                }
+            }
+            OutlierPolicy {
+                consecutive_failures: self.int_in(
+                    &of.consecutive_failures,
+                    5,
+                    1..=10_000,
+                    "consecutive_failures",
+                ) as u32,
+                base_ejection: base,
+                max_ejection: max.max(base),
+                max_ejection_percent: self.int_in(
+                    &of.max_ejection_percent,
+                    50,
+                    0..=100,
+                    "max_ejection_percent",
+                ) as u32,
+            }
+        });
+        let circuit_breaker = uf.circuit_breaker.as_ref().map(|c| {
+            let cf = c.get_ref();
+            let error_ratio = match &cf.error_ratio {
+                None => 0.5,
+                Some(r) if *r.get_ref() > 0.0 && *r.get_ref() <= 1.0 => *r.get_ref(),
+                Some(r) => {
+                    self.error(
+                        r.span(),
+                        format!("error_ratio must be within (0, 1], not {}", r.get_ref()),
+                    );
+                    0.5
+                }
+            };
+            BreakerPolicy {
+                error_ratio,
+                min_requests: self.int_in(&cf.min_requests, 20, 1..=1_000_000, "min_requests")
+                    as u32,
+                window: self.positive_duration(&cf.window, Duration::from_secs(10), "window"),
+                open_for: self.positive_duration(&cf.open_for, Duration::from_secs(5), "open_for"),
+                half_open_requests: self.int_in(
+                    &cf.half_open_requests,
+                    3,
+                    1..=10_000,
+                    "half_open_requests",
+                ) as u32,
+            }
+        });
+        let max_in_flight = uf
+            .max_in_flight
+            .as_ref()
+            .map(|m| self.int_in(&Some(m.clone()), 1, 1..=10_000_000, "max_in_flight") as u64);
+        let max_pending = uf
+            .max_pending
+            .as_ref()
+            .map(|m| self.int_in(&Some(m.clone()), 1, 1..=10_000_000, "max_pending") as u64);
         let mut maglev_table_size = None;
         if let Some(m) = &uf.maglev_table_size {
             let size = *m.get_ref();
@@ -681,6 +770,11 @@ impl Validator<'_> {
             connect_timeout,
             targets,
             maglev_table_size,
+            health,
+            outlier,
+            circuit_breaker,
+            max_in_flight,
+            max_pending,
         })
     }
 
@@ -903,13 +997,14 @@ impl Validator<'_> {
                 trimmed.to_string()
             });
             let timeout = self.positive_duration(&rf.timeout, Duration::from_secs(5), "timeout");
-            let total_timeout = self.positive_duration(&rf.total_timeout, timeout, "total_timeout");
-            if let Some(x) = &rf.retry {
-                self.not_supported(x.span(), "retry", ISSUE_RESILIENCE);
-            }
-            if let Some(x) = &rf.fallback {
-                self.not_supported(x.span(), "fallback", ISSUE_RESILIENCE);
-            }
+            let retry = rf.retry.as_ref().map(|r| self.retry(r));
+            let attempts = retry.as_ref().map_or(0, |r| r.attempts);
+            let total_timeout = self.positive_duration(
+                &rf.total_timeout,
+                timeout * (attempts + 1),
+                "total_timeout",
+            );
+            let fallback = rf.fallback.as_ref().map(|f| self.fallback(f));
             if let Some(x) = &rf.compress {
                 if *x.get_ref() {
                     self.not_supported(x.span(), "compress", ISSUE_OPERATIONS);
@@ -953,9 +1048,79 @@ impl Validator<'_> {
                 timeout,
                 total_timeout,
                 host_rewrite,
+                retry,
+                fallback,
             });
         }
         out
+    }
+
+    fn retry(&mut self, r: &Spanned<file::RetryFile>) -> RetryPolicy {
+        let rf = r.get_ref();
+        let attempts = self.int_in(&Some(rf.attempts.clone()), 0, 0..=10, "attempts") as u32;
+        let budget = match &rf.budget {
+            None => 0.2,
+            Some(b) if (0.0..=1.0).contains(b.get_ref()) => *b.get_ref(),
+            Some(b) => {
+                self.error(
+                    b.span(),
+                    format!(
+                        "budget must be within 0..=1 (a share of requests), not {}",
+                        b.get_ref()
+                    ),
+                );
+                0.2
+            }
+        };
+        let mut on = RetryOn::default();
+        let default_on = ["connect_error", "reset", "timeout", "502", "503", "504"];
+        let list: Vec<(String, Option<Range<usize>>)> = match &rf.on {
+            Some(list) => list
+                .iter()
+                .map(|s| (s.get_ref().clone(), Some(s.span())))
+                .collect(),
+            None => default_on.iter().map(|s| (s.to_string(), None)).collect(),
+        };
+        for (item, span) in list {
+            match item.as_str() {
+                "connect_error" => {}
+                "reset" => on.reset = true,
+                "timeout" => on.timeout = true,
+                "5xx" => on.any_5xx = true,
+                code => match code.parse::<u16>() {
+                    Ok(c) if (100..=599).contains(&c) => on.statuses.push(c),
+                    _ => self.error(
+                        span.unwrap_or(r.span()),
+                        format!("retry on {code:?}: use connect_error, reset, timeout, 5xx or a status code like \"503\""),
+                    ),
+                },
+            }
+        }
+        RetryPolicy {
+            attempts,
+            budget,
+            on,
+        }
+    }
+
+    fn fallback(&mut self, f: &Spanned<file::FallbackFile>) -> Fallback {
+        let ff = f.get_ref();
+        let status =
+            self.int_in(&Some(ff.status.clone()), 503, 100..=599, "fallback status") as u16;
+        let content_type = ff.content_type.as_deref().unwrap_or("application/json");
+        let content_type = HeaderValue::from_str(content_type).unwrap_or_else(|_| {
+            self.error(
+                f.span(),
+                "fallback content_type is not a valid header value",
+            );
+            HeaderValue::from_static("application/json")
+        });
+        Fallback {
+            status: http::StatusCode::from_u16(status)
+                .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE),
+            content_type,
+            body: bytes::Bytes::from(ff.body.clone().unwrap_or_default()),
+        }
     }
 
     fn policy_ref<'k>(

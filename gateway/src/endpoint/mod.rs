@@ -1,18 +1,39 @@
 //! (5) Is this target usable? The endpoints of an upstream (each target's primary and its
-//! backups) with their up/down state, and the shard that groups them.
+//! backups), their health, ejection and circuit state, and the shard that groups them.
 //!
 //! Comes after the balancer (which picks a shard) and before the upstream client (which talks
-//! to the endpoint chosen here). A shard is up while its primary or any backup is up; its
-//! traffic goes to the primary when that is up, else to the first up backup (SPEC §1).
-//! Health probes and outlier ejection (issue #4) drive `set_up`; until then every endpoint
-//! stays up.
+//! to the endpoint chosen here). An endpoint is usable while its probes say healthy, it is not
+//! ejected and its circuit lets requests through. A shard is up while any of its endpoints is;
+//! its traffic goes to the primary when usable, else to the first usable backup (SPEC §1).
+
+pub mod breaker;
+pub mod health;
+pub mod outlier;
+pub mod rolling;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
+
+use crate::clock;
+use crate::config::Upstream;
 use crate::metrics::EndpointMetrics;
 use crate::upstream::pool::Pool;
+use breaker::{Breaker, CircuitState, Ticket};
+use outlier::Outlier;
+
+/// The last active health probe of an endpoint.
+#[derive(Debug, Clone)]
+pub struct ProbeResult {
+    /// `clock::now_ms` stamp.
+    pub at_ms: u64,
+    pub ok: bool,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
 
 /// One address of an upstream: a target's primary or one of its backups.
 #[derive(Debug)]
@@ -24,7 +45,18 @@ pub struct Endpoint {
     pub backup_of: Option<String>,
     pub pool: Pool,
     pub metrics: EndpointMetrics,
-    up: AtomicBool,
+    pub breaker: Option<Breaker>,
+    pub outlier: Option<Outlier>,
+    healthy: AtomicBool,
+    last_probe: ArcSwapOption<ProbeResult>,
+}
+
+/// What recording a result changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recorded {
+    pub circuit: Option<CircuitState>,
+    /// The outlier threshold was reached: eject if the upstream's cap allows.
+    pub wants_ejection: bool,
 }
 
 impl Endpoint {
@@ -33,30 +65,108 @@ impl Endpoint {
         addr: SocketAddr,
         backup_of: Option<String>,
         metrics: EndpointMetrics,
+        cfg: &Upstream,
     ) -> Self {
         metrics.up.set(1);
         Self {
+            breaker: cfg
+                .circuit_breaker
+                .clone()
+                .map(|p| Breaker::new(p, metrics.circuit.clone())),
+            outlier: cfg.outlier.clone().map(Outlier::new),
             id,
             addr,
             backup_of,
             pool: Pool::new(addr),
             metrics,
-            up: AtomicBool::new(true),
+            healthy: AtomicBool::new(true),
+            last_probe: ArcSwapOption::empty(),
         }
     }
 
+    /// Usable now: healthy, not ejected, circuit not open.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        if !self.healthy.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.outlier.is_none() && self.breaker.is_none() {
+            return true;
+        }
+        let now = clock::now_ms();
+        !self.outlier.as_ref().is_some_and(|o| o.is_ejected(now))
+            && self.breaker.as_ref().is_none_or(|b| b.allows(now))
     }
 
+    /// What the probes say.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Set by the prober (and tests); returns whether it changed.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        let changed = self.healthy.swap(healthy, Ordering::Relaxed) != healthy;
+        self.refresh_gauge(clock::now_ms());
+        changed
+    }
+
+    /// Kept for compatibility with callers that only know up/down.
     pub fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::Relaxed);
+        self.set_healthy(up);
+    }
+
+    /// `gateway_upstream_up`: healthy and not ejected.
+    pub fn refresh_gauge(&self, now_ms: u64) {
+        let up = self.is_healthy() && !self.outlier.as_ref().is_some_and(|o| o.is_ejected(now_ms));
         self.metrics.up.set(i64::from(up));
+    }
+
+    pub fn last_probe(&self) -> Option<Arc<ProbeResult>> {
+        self.last_probe.load_full()
+    }
+
+    pub fn set_last_probe(&self, r: ProbeResult) {
+        self.last_probe.store(Some(Arc::new(r)));
+    }
+
+    pub fn circuit(&self) -> CircuitState {
+        self.breaker
+            .as_ref()
+            .map_or(CircuitState::Closed, |b| b.state())
     }
 
     /// Requests in flight to this endpoint.
     pub fn in_flight(&self) -> i64 {
         self.metrics.in_flight.get()
+    }
+
+    /// Ask the circuit for permission to send: `Err` means fail fast (nothing counted).
+    pub fn admit(&self, now_ms: u64) -> Result<Option<Ticket>, Option<CircuitState>> {
+        match &self.breaker {
+            None => Ok(None),
+            Some(b) => match b.acquire(now_ms) {
+                (Some(t), _) => Ok(Some(t)),
+                (None, moved) => Err(moved),
+            },
+        }
+    }
+
+    /// Record how a request went: feeds the breaker and outlier detection. A failure is a
+    /// 5xx, a connect error, a reset or a timeout; a 4xx is a success.
+    pub fn record(&self, ticket: Option<Ticket>, failure: bool, now_ms: u64) -> Recorded {
+        Recorded {
+            circuit: match (ticket, &self.breaker) {
+                (Some(t), Some(b)) => b.record(t, failure, now_ms),
+                _ => None,
+            },
+            wants_ejection: self.outlier.as_ref().is_some_and(|o| o.record(failure)),
+        }
+    }
+
+    /// Give back a permit that was not used (the request went elsewhere).
+    pub fn release(&self, ticket: Option<Ticket>) {
+        if let (Some(t), Some(b)) = (ticket, &self.breaker) {
+            b.release(t);
+        }
     }
 }
 
@@ -85,13 +195,32 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
 
+    fn upstream_cfg() -> Upstream {
+        Upstream {
+            name: "u".into(),
+            balancer: crate::config::BalancerKind::RoundRobin,
+            hash_on: None,
+            on_missing_key: crate::config::OnMissingKey::Reject,
+            connect_timeout: std::time::Duration::from_secs(1),
+            targets: Vec::new(),
+            maglev_table_size: None,
+            health: None,
+            outlier: None,
+            circuit_breaker: None,
+            max_in_flight: None,
+            max_pending: None,
+        }
+    }
+
     fn shard(m: &Metrics) -> Shard {
+        let cfg = upstream_cfg();
         let ep = |id: &str, port: u16, of: Option<&str>| {
             Arc::new(Endpoint::new(
                 id.into(),
                 SocketAddr::from(([127, 0, 0, 1], port)),
                 of.map(Into::into),
                 m.endpoint("u", id),
+                &cfg,
             ))
         };
         Shard {

@@ -166,6 +166,13 @@ where
                 err.to_response(&ctx.id)
             }
         };
+        if res
+            .extensions()
+            .get::<crate::upstream::proxy::Degraded>()
+            .is_some()
+        {
+            ctx.reason = Some("fallback");
+        }
         ctx.status = res.status().as_u16();
         Poll::Ready(Ok(res.map(|inner| ObservedBody {
             inner,

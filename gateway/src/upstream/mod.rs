@@ -1,39 +1,40 @@
-//! (6) Talk to the target: the upstream service at the bottom of every route stack.
+//! (6) Talk to the target: the upstream of a route, its shards and their endpoints, the
+//! background work that keeps them current (health probes, balancer rebuilds, pool reaping),
+//! the upstream-wide limits (`max_in_flight`, `max_pending`) and the retry budget.
 //!
-//! Comes after the route's policies. It asks the balancer for a shard, the shard for its
-//! serving endpoint (primary, else first up backup), takes a pooled connection and sends the
-//! request with the route's per-attempt timeout. A connect error (nothing was sent) moves on to
-//! the balancer's next choice, once per target. Bodies stream both ways; the connection goes
-//! back to the pool when the response body ends.
+//! The request path itself is `proxy.rs` (the service at the bottom of every route stack);
+//! `forward.rs` rewrites heads for the upstream, `pool.rs` keeps its connections.
 
 pub mod forward;
 pub mod pool;
+pub mod proxy;
 
-use std::future::Future;
-use std::io;
-use std::net::{IpAddr, Ipv4Addr};
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use ipnet::IpNet;
-use tokio::time::Instant;
-use tower::Service;
+use prometheus::IntCounter;
+use tokio::sync::Notify;
 
-use crate::balance::{key, Balancer, PickCtx};
-use crate::body::{caused_by, BodyProgress, BodyTooLarge, ClientBodyError, ReqBody, ResBody};
+pub use proxy::{Forward, ForwardConfig, UpstreamBody};
+
+use crate::balance::{key, Balancer};
+use crate::clock;
 use crate::config::{self, OnMissingKey};
-use crate::edge::ConnInfo;
-use crate::endpoint::{Endpoint, Shard};
+use crate::endpoint::rolling::Rolling;
+use crate::endpoint::{health, Endpoint, Shard};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::policy::observe::ClientIp;
-use crate::route::rewrite::OriginalPath;
-use pool::Sender;
+
+/// Upstream-level metric handles.
+#[derive(Debug)]
+pub struct UpstreamMetrics {
+    pub retries: IntCounter,
+    pub budget_exhausted: IntCounter,
+    pub rejected_in_flight: IntCounter,
+    pub rejected_pending: IntCounter,
+}
 
 /// One upstream of a config generation: its balancer over its shards.
 #[derive(Debug)]
@@ -42,6 +43,17 @@ pub struct UpstreamRt {
     pub config: config::Upstream,
     pub balancer: Balancer,
     pub shards: Vec<Shard>,
+    pub metrics: UpstreamMetrics,
+    /// Requests in flight to this upstream (counted only with `max_in_flight`).
+    in_flight: AtomicU64,
+    /// Requests waiting for a new connection (counted only with `max_pending`).
+    pending: AtomicU64,
+    /// (requests, retries) over the last 10 s, for the retry budget.
+    retry_window: Rolling,
+    /// Health, ejection or circuit changed: rebuild what depends on the up set.
+    changed: Arc<Notify>,
+    /// Serialises ejections so `max_ejection_percent` holds (rare, never on the happy path).
+    eject_lock: Mutex<()>,
 }
 
 impl UpstreamRt {
@@ -57,6 +69,7 @@ impl UpstreamRt {
                     t.addr,
                     None,
                     metrics.endpoint(&cfg.name, &t.id),
+                    cfg,
                 )));
                 for b in &t.backups {
                     let id = b.to_string();
@@ -65,6 +78,7 @@ impl UpstreamRt {
                         *b,
                         Some(t.id.clone()),
                         metrics.endpoint(&cfg.name, &id),
+                        cfg,
                     )));
                 }
                 Shard {
@@ -74,19 +88,47 @@ impl UpstreamRt {
                 }
             })
             .collect();
+        let name = cfg.name.as_str();
         Self {
             name: cfg.name.clone(),
             balancer: Balancer::new(cfg.balancer, &cfg.targets, cfg.maglev_table_size),
             config: cfg.clone(),
             shards,
+            metrics: UpstreamMetrics {
+                retries: metrics.retries_total.with_label_values(&[name]),
+                budget_exhausted: metrics
+                    .retry_budget_exhausted_total
+                    .with_label_values(&[name]),
+                rejected_in_flight: metrics
+                    .concurrency_rejected_total
+                    .with_label_values(&[name, "in_flight"]),
+                rejected_pending: metrics
+                    .concurrency_rejected_total
+                    .with_label_values(&[name, "pending"]),
+            },
+            in_flight: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            retry_window: Rolling::new(Duration::from_secs(10)),
+            changed: Arc::new(Notify::new()),
+            eject_lock: Mutex::new(()),
         }
     }
 
+    /// Every endpoint (primaries and backups).
+    pub fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.shards.iter().flat_map(|s| s.endpoints.iter())
+    }
+
     /// Rebuild the balancer if it depends on the up set and that changed (off the request
-    /// path: called by whoever changes an endpoint's health).
+    /// path: called by the background task when something changed).
     pub fn refresh_balancer(&self) -> bool {
         let up: Vec<bool> = self.shards.iter().map(Shard::is_up).collect();
         self.balancer.refresh(&up)
+    }
+
+    /// Health, ejection or circuit state changed somewhere in this upstream.
+    pub fn changed(&self) {
+        self.changed.notify_one();
     }
 
     /// The key hash of a request for this upstream's balancer: `Ok(None)` when the balancer
@@ -106,388 +148,138 @@ impl UpstreamRt {
             None => Err(GatewayError::MissingKey(spec.to_string())),
         }
     }
-}
 
-/// How one route forwards to its upstream.
-#[derive(Debug)]
-pub struct ForwardConfig {
-    pub upstream: Arc<UpstreamRt>,
-    pub timeout: Duration,
-    pub total_timeout: Duration,
-    pub host_rewrite: Option<HeaderValue>,
-    pub trusted_proxies: Arc<[IpNet]>,
-}
-
-/// The bottom of a route stack.
-#[derive(Clone, Debug)]
-pub struct Forward {
-    cfg: Arc<ForwardConfig>,
-}
-
-impl Forward {
-    pub fn new(cfg: ForwardConfig) -> Self {
-        Self { cfg: Arc::new(cfg) }
-    }
-}
-
-impl Service<Request<ReqBody>> for Forward {
-    type Response = Response<ResBody>;
-    type Error = GatewayError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ResBody>, GatewayError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        Box::pin(forward(self.cfg.clone(), req))
-    }
-}
-
-/// Which shards a request has tried, without allocating for upstreams of up to 128 targets.
-struct Tried {
-    small: u128,
-    large: Vec<bool>,
-}
-
-impl Tried {
-    fn new(n: usize) -> Self {
-        Self {
-            small: 0,
-            large: if n > 128 { vec![false; n] } else { Vec::new() },
+    /// Count a request against `max_in_flight`; `None` when over it.
+    pub fn enter(self: &Arc<Self>) -> Option<Option<InFlightGuard>> {
+        let Some(max) = self.config.max_in_flight else {
+            return Some(None);
+        };
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.rejected_in_flight.inc();
+            return None;
         }
+        Some(Some(InFlightGuard(self.clone())))
     }
-    fn contains(&self, i: usize) -> bool {
-        if self.large.is_empty() {
-            self.small & (1 << i) != 0
+
+    /// Count a request waiting for a new connection against `max_pending`; `None` when over.
+    pub fn enter_pending(&self) -> Option<PendingGuard<'_>> {
+        let Some(max) = self.config.max_pending else {
+            return Some(PendingGuard(None));
+        };
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= max {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.rejected_pending.inc();
+            return None;
+        }
+        Some(PendingGuard(Some(&self.pending)))
+    }
+
+    /// A request arrived (for the retry budget).
+    pub fn count_request(&self) {
+        self.retry_window.add(clock::now_ms(), 1, 0);
+    }
+
+    /// Whether the retry budget allows one more retry; counts it if so. A retry is allowed
+    /// while retries in the last 10 s < max(3, budget × requests in the last 10 s).
+    pub fn take_retry(&self, budget: f64) -> bool {
+        let now = clock::now_ms();
+        let (requests, retries) = self.retry_window.sum(now);
+        let allowed = (budget * requests as f64).max(3.0);
+        if (retries as f64) < allowed {
+            self.retry_window.add(now, 0, 1);
+            self.metrics.retries.inc();
+            true
         } else {
-            self.large[i]
-        }
-    }
-    fn insert(&mut self, i: usize) {
-        if self.large.is_empty() {
-            self.small |= 1 << i;
-        } else {
-            self.large[i] = true;
-        }
-    }
-}
-
-/// When the route's timers run. They start once the request has been fully received (a slow
-/// upload is the client's time, not the upstream's, as in Envoy), or when sending starts if
-/// that is later.
-struct Timing {
-    started: Instant,
-    progress: Option<Arc<BodyProgress>>,
-    timeout: Duration,
-    total_timeout: Duration,
-}
-
-impl Timing {
-    fn origin(&self, since: Instant) -> Option<Instant> {
-        match &self.progress {
-            None => Some(since),
-            Some(p) => p.done_at().map(|done| done.max(since)),
+            self.metrics.budget_exhausted.inc();
+            false
         }
     }
 
-    /// The end of all attempts; `None` while the body is still arriving.
-    fn total_deadline(&self) -> Option<Instant> {
-        self.origin(self.started).map(|o| o + self.total_timeout)
-    }
-
-    /// The end of an attempt that started at `attempt`; `None` while the body is arriving.
-    fn attempt_deadline(&self, attempt: Instant) -> Option<Instant> {
-        let own = self.origin(attempt)? + self.timeout;
-        Some(self.total_deadline().map_or(own, |t| own.min(t)))
-    }
-}
-
-async fn forward(
-    cfg: Arc<ForwardConfig>,
-    req: Request<ReqBody>,
-) -> Result<Response<ResBody>, GatewayError> {
-    let timing = Timing {
-        started: Instant::now(),
-        progress: req.body().progress(),
-        timeout: cfg.timeout,
-        total_timeout: cfg.total_timeout,
-    };
-    let (mut parts, body) = req.into_parts();
-    let up = &cfg.upstream;
-    let hash = {
-        let client = parts.extensions.get::<ClientIp>().map(|c| c.0);
-        let path = parts
-            .extensions
-            .get::<OriginalPath>()
-            .map_or(parts.uri.path(), |p| p.0.as_str());
-        up.request_hash(&parts, client, path)?
-    };
-    {
-        let conn = parts.extensions.get::<Arc<ConnInfo>>().cloned();
-        let conn = conn.as_deref();
-        let hop = forward::Hop {
-            peer: conn.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.peer.ip()),
-            peer_header: conn.map(|c| &c.peer_header),
-            https: conn.is_some_and(|c| c.listener.https),
-            trusted_proxies: &cfg.trusted_proxies,
-            host_rewrite: cfg.host_rewrite.as_ref(),
-        };
-        forward::prepare(&mut parts, &hop)?;
-    }
-    // Extensions are ours, not the upstream's.
-    parts.extensions.clear();
-    let mut req = Request::from_parts(parts, body);
-
-    let mut tried = Tried::new(up.shards.len());
-    let mut last_connect_error = None;
-    let load = |i: usize| up.shards[i].serving().map_or(0, |e| e.in_flight());
-    loop {
-        let pick = {
-            let ctx = PickCtx { hash, load: &load };
-            let built = up.balancer.load();
-            built
-                .algo
-                .pick(&ctx, &mut |i| !tried.contains(i) && up.shards[i].is_up())
-        };
-        let Some(i) = pick else {
-            return Err(match last_connect_error {
-                Some(e) => GatewayError::Connect(e),
-                None => GatewayError::NoTarget,
-            });
-        };
-        tried.insert(i);
-        // The shard's endpoints in order: its primary, then its backups, each up one once.
-        // A connect failure (nothing sent) moves on to the next; when the whole shard failed,
-        // to the balancer's next choice.
-        for ep in up.shards[i].endpoints.iter().filter(|e| e.is_up()) {
-            match send(ep, req, &timing, up.config.connect_timeout).await {
-                Sent::Response(res) => return Ok(res),
-                Sent::Failed(e) => return Err(e),
-                Sent::ConnectFailed(back, e) => {
-                    ep.metrics.connect_error.inc();
-                    tracing::debug!(upstream = %up.name, target = %ep.id, error = %e, "connect failed; trying the next endpoint");
-                    req = back;
-                    last_connect_error = Some(e);
-                    if timing.total_deadline().is_some_and(|d| Instant::now() >= d) {
-                        return Err(GatewayError::UpstreamTimeout);
-                    }
-                }
-            }
+    /// Eject `ep` if `max_ejection_percent` of the upstream's targets allows.
+    pub fn try_eject(&self, ep: &Endpoint) {
+        let Some(outlier) = &ep.outlier else { return };
+        let _one_at_a_time = self.eject_lock.lock();
+        let now = clock::now_ms();
+        if outlier.is_ejected(now) {
+            return;
         }
+        let total = self.endpoints().count() as u64;
+        let ejected = self
+            .endpoints()
+            .filter(|e| e.outlier.as_ref().is_some_and(|o| o.is_ejected(now)))
+            .count() as u64;
+        if (ejected + 1) * 100 > u64::from(outlier.policy.max_ejection_percent) * total {
+            tracing::info!(upstream = %self.name, target = %ep.id, ejected, "outlier: not ejecting, max_ejection_percent reached");
+            return;
+        }
+        let until = outlier.eject(now);
+        ep.metrics.ejections.inc();
+        ep.refresh_gauge(now);
+        tracing::warn!(
+            upstream = %self.name,
+            target = %ep.id,
+            ejections = outlier.ejections(),
+            until = %clock::rfc3339(until),
+            "outlier: target ejected after consecutive failures"
+        );
+        self.changed();
     }
 }
 
-enum Sent {
-    Response(Response<ResBody>),
-    /// Nothing was sent: the request comes back for the next target.
-    ConnectFailed(Request<ReqBody>, io::Error),
-    Failed(GatewayError),
-}
-
-async fn send(
-    ep: &Arc<Endpoint>,
-    mut req: Request<ReqBody>,
-    timing: &Timing,
-    connect_timeout: Duration,
-) -> Sent {
-    loop {
-        let (mut sender, reused) = match ep.pool.take_idle() {
-            Some(s) => (s, true),
-            None => {
-                let budget = timing.total_deadline().map_or(connect_timeout, |d| {
-                    d.saturating_duration_since(Instant::now())
-                        .min(connect_timeout)
-                });
-                match ep.pool.connect(budget).await {
-                    Ok(s) => (s, false),
-                    Err(e) => return Sent::ConnectFailed(req, e),
-                }
-            }
-        };
-        if reused && !sender.is_ready() {
-            // Pooled connections are ready when pooled (`UpstreamBody::drop`); this one is
-            // closing.
-            continue;
-        }
-        let in_flight = InFlight::new(ep.clone());
-        let attempt = Instant::now();
-        let sending = sender.try_send_request(req);
-        tokio::pin!(sending);
-        let outcome = loop {
-            // While the client is still sending its body, no timer runs: look again later.
-            let (wake, last) = match timing.attempt_deadline(attempt) {
-                Some(d) => (d, true),
-                None => (Instant::now() + timing.timeout, false),
-            };
-            tokio::select! {
-                biased;
-                r = &mut sending => break Some(r),
-                () = tokio::time::sleep_until(wake) => {
-                    if last {
-                        break None;
-                    }
-                }
-            }
-        };
-        match outcome {
-            None => {
-                ep.metrics.timeout.inc();
-                return Sent::Failed(GatewayError::UpstreamTimeout);
-            }
-            Some(Ok(res)) => {
-                ep.metrics.duration.observe(attempt.elapsed().as_secs_f64());
-                if res.status().is_server_error() {
-                    ep.metrics.error.inc();
-                } else {
-                    ep.metrics.ok.inc();
-                }
-                let (mut parts, body) = res.into_parts();
-                forward::strip_hop_by_hop(&mut parts.headers);
-                let body = UpstreamBody {
-                    inner: body,
-                    sender: Some(sender),
-                    in_flight,
-                    ended: false,
-                };
-                return Sent::Response(Response::from_parts(parts, ResBody::Upstream(body)));
-            }
-            Some(Err(mut e)) => {
-                if let Some(back) = e.take_message() {
-                    // Not sent: the connection was closing. A pooled one may simply have been
-                    // closed by the upstream while idle; try another.
-                    req = back;
-                    if reused {
-                        continue;
-                    }
-                    return Sent::ConnectFailed(req, io::Error::other(e.into_error()));
-                }
-                let err = e.into_error();
-                if caused_by::<BodyTooLarge>(&err) {
-                    return Sent::Failed(GatewayError::BodyTooLarge);
-                }
-                if caused_by::<ClientBodyError>(&err) {
-                    return Sent::Failed(GatewayError::ClientGone);
-                }
-                ep.metrics.reset.inc();
-                return Sent::Failed(GatewayError::Upstream(err));
-            }
-        }
-    }
-}
-
-/// Counts a request in flight to an endpoint while it lives.
+/// Holds a request's place under `max_in_flight` until the response is done.
 #[derive(Debug)]
-struct InFlight {
-    endpoint: Arc<Endpoint>,
-}
+pub struct InFlightGuard(Arc<UpstreamRt>);
 
-impl InFlight {
-    fn new(endpoint: Arc<Endpoint>) -> Self {
-        endpoint.metrics.in_flight.inc();
-        Self { endpoint }
-    }
-}
-
-impl Drop for InFlight {
+impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.endpoint.metrics.in_flight.dec();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// An upstream response body, streamed; its connection returns to the pool when it ends.
-#[derive(Debug)]
-pub struct UpstreamBody {
-    inner: Incoming,
-    sender: Option<Sender>,
-    in_flight: InFlight,
-    ended: bool,
-}
+/// Holds a place under `max_pending` while a connection is being made.
+pub struct PendingGuard<'a>(Option<&'a AtomicU64>);
 
-impl UpstreamBody {
-    /// The endpoint (`target` label) that answered.
-    pub fn target(&self) -> &str {
-        &self.in_flight.endpoint.id
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.ended = true,
-            Poll::Ready(Some(Ok(_))) => self.ended = self.inner.is_end_stream(),
-            Poll::Ready(Some(Err(_))) => {
-                // A body cut mid-way: the connection is not reusable.
-                self.sender = None;
-                self.in_flight.endpoint.metrics.reset.inc();
-            }
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended || self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for UpstreamBody {
+impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        // Only a body read to its end leaves the connection clean for the next request.
-        let Some(sender) = self.sender.take() else {
-            return;
-        };
-        if !(self.ended || self.inner.is_end_stream()) {
-            return;
-        }
-        let endpoint = self.in_flight.endpoint.clone();
-        if sender.is_ready() {
-            endpoint.pool.put_back(sender);
-            return;
-        }
-        // hyper's connection task has not caught up yet, or the upstream answered before the
-        // request body was all sent: pool the connection once it is ready, if that is soon.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let mut sender = sender;
-                if let Ok(Ok(())) = tokio::time::timeout(POOL_READY_WAIT, sender.ready()).await {
-                    endpoint.pool.put_back(sender);
-                }
-            });
+        if let Some(p) = self.0 {
+            p.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
 
-/// How long a finished exchange may take to leave its connection reusable.
-const POOL_READY_WAIT: Duration = Duration::from_secs(5);
-
-/// Closes idle pooled connections that went stale, every `REAP_EVERY`, for as long as the
-/// upstream's config generation lives.
-pub fn spawn_reaper(upstream: &Arc<UpstreamRt>) {
-    const REAP_EVERY: Duration = Duration::from_secs(10);
+/// Start what keeps an upstream current, for as long as its config generation lives: a
+/// prober per endpoint (with `health`), the rebuild of balancers that depend on the up set and
+/// of the `up` gauges (on every change, and each second for ejections and circuits that end
+/// by time), and the reaping of stale pooled connections.
+pub fn spawn_background(upstream: &Arc<UpstreamRt>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if let Some(policy) = &upstream.config.health {
+        for ep in upstream.endpoints() {
+            health::spawn(Arc::downgrade(upstream), Arc::downgrade(ep), policy.clone());
+        }
+    }
     let weak = Arc::downgrade(upstream);
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(async move {
-            loop {
-                tokio::time::sleep(REAP_EVERY).await;
-                let Some(up) = weak.upgrade() else { return };
-                for shard in &up.shards {
-                    for ep in &shard.endpoints {
-                        ep.pool.reap();
-                    }
+    let changed = upstream.changed.clone();
+    rt.spawn(async move {
+        const REAP_EVERY: u32 = 10;
+        let mut ticks = 0u32;
+        loop {
+            let _ = tokio::time::timeout(Duration::from_secs(1), changed.notified()).await;
+            let Some(up) = weak.upgrade() else { return };
+            up.refresh_balancer();
+            let now = clock::now_ms();
+            for ep in up.endpoints() {
+                ep.refresh_gauge(now);
+            }
+            ticks += 1;
+            if ticks % REAP_EVERY == 0 {
+                for ep in up.endpoints() {
+                    ep.pool.reap();
                 }
             }
-        });
-    }
+        }
+    });
 }

@@ -1,0 +1,585 @@
+//! The service at the bottom of every route stack: pick a shard, send to its serving
+//! endpoint over a pooled connection, retry within the route's policy and the upstream's
+//! budget, or answer degraded.
+//!
+//! SPEC §3 "Retries, timeouts, breakers, health":
+//! * a connect error (nothing sent) moves on, once per endpoint, outside `attempts` and the
+//!   budget: first to the shard's next endpoint (its backups), then to the balancer's next
+//!   choice;
+//! * `retry.on` triggers (reset, timeout, statuses) retry idempotent methods only, each retry
+//!   to a target not tried yet when one is up, while the budget allows; bodies up to 64 KiB
+//!   are kept for replay, larger streamed bodies are not replayed;
+//! * `timeout` bounds each attempt until the response head, `total_timeout` all of them;
+//! * an open circuit or a target that is down is not a candidate; with no candidate left, or
+//!   over `max_in_flight` / `max_pending`, the route's `fallback` answers (else 503).
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use ipnet::IpNet;
+use tokio::time::Instant;
+use tower::Service;
+
+use super::pool::Sender;
+use super::{forward, InFlightGuard, UpstreamRt};
+use crate::balance::PickCtx;
+use crate::body::{caused_by, BodyProgress, BodyTooLarge, ClientBodyError, ReqBody, ResBody};
+use crate::clock;
+use crate::config::{Fallback, RetryPolicy};
+use crate::edge::ConnInfo;
+use crate::endpoint::breaker::Ticket;
+use crate::endpoint::Endpoint;
+use crate::error::GatewayError;
+use crate::policy::observe::ClientIp;
+use crate::route::rewrite::OriginalPath;
+
+/// How one route forwards to its upstream.
+#[derive(Debug)]
+pub struct ForwardConfig {
+    pub upstream: Arc<UpstreamRt>,
+    pub timeout: Duration,
+    pub total_timeout: Duration,
+    pub host_rewrite: Option<HeaderValue>,
+    pub trusted_proxies: Arc<[IpNet]>,
+    pub retry: Option<RetryPolicy>,
+    pub fallback: Option<Fallback>,
+}
+
+/// Marks a response as the route's degraded answer (for the access log).
+#[derive(Clone, Copy, Debug)]
+pub struct Degraded;
+
+/// The bottom of a route stack.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    cfg: Arc<ForwardConfig>,
+}
+
+impl Forward {
+    pub fn new(cfg: ForwardConfig) -> Self {
+        Self { cfg: Arc::new(cfg) }
+    }
+}
+
+impl Service<Request<ReqBody>> for Forward {
+    type Response = Response<ResBody>;
+    type Error = GatewayError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResBody>, GatewayError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        Box::pin(forward(self.cfg.clone(), req))
+    }
+}
+
+/// Which shards a request has tried, without allocating for upstreams of up to 128 targets.
+struct Tried {
+    small: u128,
+    large: Vec<bool>,
+}
+
+impl Tried {
+    fn new(n: usize) -> Self {
+        Self {
+            small: 0,
+            large: if n > 128 { vec![false; n] } else { Vec::new() },
+        }
+    }
+    fn contains(&self, i: usize) -> bool {
+        if self.large.is_empty() {
+            self.small & (1 << i) != 0
+        } else {
+            self.large[i]
+        }
+    }
+    fn insert(&mut self, i: usize) {
+        if self.large.is_empty() {
+            self.small |= 1 << i;
+        } else {
+            self.large[i] = true;
+        }
+    }
+}
+
+/// When the route's timers run. They start once the request has been fully received (a slow
+/// upload is the client's time, not the upstream's, as in Envoy), or when sending starts if
+/// that is later.
+struct Timing {
+    started: Instant,
+    progress: Option<Arc<BodyProgress>>,
+    timeout: Duration,
+    total_timeout: Duration,
+}
+
+impl Timing {
+    fn origin(&self, since: Instant) -> Option<Instant> {
+        match &self.progress {
+            None => Some(since),
+            Some(p) => p.done_at().map(|done| done.max(since)),
+        }
+    }
+
+    /// The end of all attempts; `None` while the body is still arriving.
+    fn total_deadline(&self) -> Option<Instant> {
+        self.origin(self.started).map(|o| o + self.total_timeout)
+    }
+
+    /// The end of an attempt that started at `attempt`; `None` while the body is arriving.
+    fn attempt_deadline(&self, attempt: Instant) -> Option<Instant> {
+        let own = self.origin(attempt)? + self.timeout;
+        Some(self.total_deadline().map_or(own, |t| own.min(t)))
+    }
+
+    fn expired(&self) -> bool {
+        self.total_deadline().is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+/// What a retry sends again: the head as prepared for the upstream, and how to replay the body.
+struct Template {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Template {
+    fn request(&self, body: ReqBody) -> Request<ReqBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn degraded(f: &Fallback) -> Response<ResBody> {
+    let mut res = Response::new(ResBody::full(f.body.clone()));
+    *res.status_mut() = f.status;
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, f.content_type.clone());
+    res.extensions_mut().insert(Degraded);
+    res
+}
+
+async fn forward(
+    cfg: Arc<ForwardConfig>,
+    req: Request<ReqBody>,
+) -> Result<Response<ResBody>, GatewayError> {
+    let up = &cfg.upstream;
+    let timing = Timing {
+        started: Instant::now(),
+        progress: req.body().progress(),
+        timeout: cfg.timeout,
+        total_timeout: cfg.total_timeout,
+    };
+    let (mut parts, mut body) = req.into_parts();
+    let hash = {
+        let client = parts.extensions.get::<ClientIp>().map(|c| c.0);
+        let path = parts
+            .extensions
+            .get::<OriginalPath>()
+            .map_or(parts.uri.path(), |p| p.0.as_str());
+        up.request_hash(&parts, client, path)?
+    };
+    {
+        let conn = parts.extensions.get::<Arc<ConnInfo>>().cloned();
+        let conn = conn.as_deref();
+        let hop = forward::Hop {
+            peer: conn.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.peer.ip()),
+            peer_header: conn.map(|c| &c.peer_header),
+            https: conn.is_some_and(|c| c.listener.https),
+            trusted_proxies: &cfg.trusted_proxies,
+            host_rewrite: cfg.host_rewrite.as_ref(),
+        };
+        forward::prepare(&mut parts, &hop)?;
+    }
+    // Extensions are ours, not the upstream's.
+    parts.extensions.clear();
+
+    let retry = cfg
+        .retry
+        .as_ref()
+        .filter(|r| r.attempts > 0 && is_idempotent(&parts.method));
+    if retry.is_some() {
+        body.keep_for_replay();
+    }
+    let replay = body.replay();
+    let template = retry.map(|_| Template {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+    });
+    // `None` while an attempt holds it; given back by attempts that sent nothing.
+    let mut req = Some(Request::from_parts(parts, body));
+
+    let Some(admission) = up.enter() else {
+        return match &cfg.fallback {
+            Some(f) => Ok(degraded(f)),
+            None => Err(GatewayError::Overloaded),
+        };
+    };
+    up.count_request();
+
+    let mut tried = Tried::new(up.shards.len());
+    let mut retries_left = retry.map_or(0, |r| r.attempts);
+    let mut last_connect_error = None;
+    let mut last_result: Option<Result<Response<ResBody>, GatewayError>> = None;
+    let load = |i: usize| up.shards[i].serving().map_or(0, |e| e.in_flight());
+    loop {
+        if timing.expired() {
+            return last_result.unwrap_or(Err(GatewayError::UpstreamTimeout));
+        }
+        let pick = {
+            let ctx = PickCtx { hash, load: &load };
+            let built = up.balancer.load();
+            let fresh = built
+                .algo
+                .pick(&ctx, &mut |i| !tried.contains(i) && up.shards[i].is_up());
+            // A retry goes to a target not tried yet; when none is up, to one already tried.
+            fresh.or_else(|| {
+                last_result
+                    .as_ref()
+                    .and_then(|_| built.algo.pick(&ctx, &mut |i| up.shards[i].is_up()))
+            })
+        };
+        let Some(i) = pick else {
+            if let Some(r) = last_result {
+                return r;
+            }
+            return match (&cfg.fallback, last_connect_error) {
+                (Some(f), _) => Ok(degraded(f)),
+                (None, Some(e)) => Err(GatewayError::Connect(e)),
+                (None, None) => Err(GatewayError::NoTarget),
+            };
+        };
+        tried.insert(i);
+
+        // The shard's endpoints in order: its primary, then its backups, each usable one once.
+        let mut result = None;
+        for ep in up.shards[i].endpoints.iter().filter(|e| e.is_up()) {
+            let Some(attempt) = req.take() else { break };
+            match send(up, ep, attempt, &timing).await {
+                Sent::Done(r) => {
+                    result = Some(r);
+                    break;
+                }
+                Sent::NotSent(back, why) => {
+                    req = Some(back);
+                    if let Some(e) = why {
+                        tracing::debug!(upstream = %up.name, target = %ep.id, error = %e, "connect failed; trying the next endpoint");
+                        last_connect_error = Some(e);
+                    }
+                }
+                Sent::Overloaded => {
+                    return match &cfg.fallback {
+                        Some(f) => Ok(degraded(f)),
+                        None => Err(GatewayError::Overloaded),
+                    };
+                }
+            }
+        }
+        let Some(result) = result else {
+            if req.is_none() {
+                return last_result.unwrap_or(Err(GatewayError::NoTarget));
+            }
+            // Nothing could be sent to this shard: the balancer's next choice.
+            continue;
+        };
+
+        let trigger = retry.is_some_and(|r| match &result {
+            Ok(res) => r.on.status(res.status().as_u16()),
+            Err(GatewayError::UpstreamTimeout) => r.on.timeout,
+            Err(GatewayError::Upstream(_)) => r.on.reset,
+            Err(_) => false,
+        });
+        let (Some(policy), Some(template)) = (retry, &template) else {
+            return finish(result, admission);
+        };
+        if !trigger || retries_left == 0 || timing.expired() {
+            return finish(result, admission);
+        }
+        let Some(body) = replay.body() else {
+            // A streamed body larger than 64 KiB (or cut short) cannot be sent again.
+            return finish(result, admission);
+        };
+        if !up.take_retry(policy.budget) {
+            tracing::debug!(upstream = %up.name, "retry budget exhausted");
+            return finish(result, admission);
+        }
+        retries_left -= 1;
+        // The failed answer is kept as the last resort; its connection is not reused.
+        last_result = Some(result);
+        req = Some(template.request(body));
+    }
+}
+
+/// Hand the upstream-level in-flight slot to the response body, so it is held until the
+/// response is done.
+fn finish(
+    mut result: Result<Response<ResBody>, GatewayError>,
+    admission: Option<InFlightGuard>,
+) -> Result<Response<ResBody>, GatewayError> {
+    if let (Ok(res), Some(guard)) = (&mut result, admission) {
+        if let ResBody::Upstream(b) = res.body_mut() {
+            b.upstream_slot = Some(guard);
+        }
+    }
+    result
+}
+
+enum Sent {
+    Done(Result<Response<ResBody>, GatewayError>),
+    /// Nothing was sent (connect error, or circuit open): the request comes back.
+    NotSent(Request<ReqBody>, Option<io::Error>),
+    /// Over `max_pending`.
+    Overloaded,
+}
+
+/// Feed a result to the endpoint's breaker and outlier detection, and act on what changed.
+fn record(up: &UpstreamRt, ep: &Endpoint, ticket: Option<Ticket>, failure: bool) {
+    let r = ep.record(ticket, failure, clock::now_ms());
+    if let Some(state) = r.circuit {
+        tracing::warn!(upstream = %up.name, target = %ep.id, circuit = state.as_str(), "circuit breaker changed state");
+        up.changed();
+    }
+    if r.wants_ejection {
+        up.try_eject(ep);
+    }
+}
+
+async fn send(
+    up: &UpstreamRt,
+    ep: &Arc<Endpoint>,
+    mut req: Request<ReqBody>,
+    timing: &Timing,
+) -> Sent {
+    let ticket = match ep.admit(clock::now_ms()) {
+        Ok(t) => t,
+        Err(moved) => {
+            if moved.is_some() {
+                up.changed();
+            }
+            return Sent::NotSent(req, None);
+        }
+    };
+    loop {
+        let (mut sender, reused) = match ep.pool.take_idle() {
+            Some(s) => (s, true),
+            None => {
+                let Some(_pending) = up.enter_pending() else {
+                    ep.release(ticket);
+                    return Sent::Overloaded;
+                };
+                let connect_timeout = up.config.connect_timeout;
+                let budget = timing.total_deadline().map_or(connect_timeout, |d| {
+                    d.saturating_duration_since(Instant::now())
+                        .min(connect_timeout)
+                });
+                match ep.pool.connect(budget).await {
+                    Ok(s) => (s, false),
+                    Err(e) => {
+                        ep.metrics.connect_error.inc();
+                        record(up, ep, ticket, true);
+                        return Sent::NotSent(req, Some(e));
+                    }
+                }
+            }
+        };
+        if reused && !sender.is_ready() {
+            // Pooled connections are ready when pooled (`UpstreamBody::drop`); this one is
+            // closing.
+            continue;
+        }
+        let in_flight = InFlight::new(ep.clone());
+        let attempt = Instant::now();
+        let sending = sender.try_send_request(req);
+        tokio::pin!(sending);
+        let outcome = loop {
+            // While the client is still sending its body, no timer runs: look again later.
+            let (wake, last) = match timing.attempt_deadline(attempt) {
+                Some(d) => (d, true),
+                None => (Instant::now() + timing.timeout, false),
+            };
+            tokio::select! {
+                biased;
+                r = &mut sending => break Some(r),
+                () = tokio::time::sleep_until(wake) => {
+                    if last {
+                        break None;
+                    }
+                }
+            }
+        };
+        return match outcome {
+            None => {
+                ep.metrics.timeout.inc();
+                record(up, ep, ticket, true);
+                Sent::Done(Err(GatewayError::UpstreamTimeout))
+            }
+            Some(Ok(res)) => {
+                ep.metrics.duration.observe(attempt.elapsed().as_secs_f64());
+                let failure = res.status().is_server_error();
+                if failure {
+                    ep.metrics.error.inc();
+                } else {
+                    ep.metrics.ok.inc();
+                }
+                record(up, ep, ticket, failure);
+                let (mut parts, body) = res.into_parts();
+                forward::strip_hop_by_hop(&mut parts.headers);
+                let body = UpstreamBody {
+                    inner: body,
+                    sender: Some(sender),
+                    in_flight,
+                    ended: false,
+                    upstream_slot: None,
+                };
+                Sent::Done(Ok(Response::from_parts(parts, ResBody::Upstream(body))))
+            }
+            Some(Err(mut e)) => {
+                if let Some(back) = e.take_message() {
+                    // Not sent: the connection was closing. A pooled one may simply have been
+                    // closed by the upstream while idle; try another.
+                    req = back;
+                    if reused {
+                        continue;
+                    }
+                    ep.metrics.connect_error.inc();
+                    record(up, ep, ticket, true);
+                    return Sent::NotSent(req, Some(io::Error::other(e.into_error())));
+                }
+                let err = e.into_error();
+                if caused_by::<BodyTooLarge>(&err) {
+                    ep.release(ticket);
+                    return Sent::Done(Err(GatewayError::BodyTooLarge));
+                }
+                if caused_by::<ClientBodyError>(&err) {
+                    ep.release(ticket);
+                    return Sent::Done(Err(GatewayError::ClientGone));
+                }
+                ep.metrics.reset.inc();
+                record(up, ep, ticket, true);
+                Sent::Done(Err(GatewayError::Upstream(err)))
+            }
+        };
+    }
+}
+
+/// Counts a request in flight to an endpoint while it lives.
+#[derive(Debug)]
+struct InFlight {
+    endpoint: Arc<Endpoint>,
+}
+
+impl InFlight {
+    fn new(endpoint: Arc<Endpoint>) -> Self {
+        endpoint.metrics.in_flight.inc();
+        Self { endpoint }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.endpoint.metrics.in_flight.dec();
+    }
+}
+
+/// An upstream response body, streamed; its connection returns to the pool when it ends.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+    sender: Option<Sender>,
+    in_flight: InFlight,
+    ended: bool,
+    /// The upstream-wide `max_in_flight` slot, held until the response is done.
+    upstream_slot: Option<InFlightGuard>,
+}
+
+impl UpstreamBody {
+    /// The endpoint (`target` label) that answered.
+    pub fn target(&self) -> &str {
+        &self.in_flight.endpoint.id
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.ended = true,
+            Poll::Ready(Some(Ok(_))) => self.ended = self.inner.is_end_stream(),
+            Poll::Ready(Some(Err(_))) => {
+                // A body cut mid-way: the connection is not reusable.
+                self.sender = None;
+                self.in_flight.endpoint.metrics.reset.inc();
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How long a finished exchange may take to leave its connection reusable.
+const POOL_READY_WAIT: Duration = Duration::from_secs(5);
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // Only a body read to its end leaves the connection clean for the next request.
+        let Some(sender) = self.sender.take() else {
+            return;
+        };
+        if !(self.ended || self.inner.is_end_stream()) {
+            return;
+        }
+        let endpoint = self.in_flight.endpoint.clone();
+        if sender.is_ready() {
+            endpoint.pool.put_back(sender);
+            return;
+        }
+        // hyper's connection task has not caught up yet, or the upstream answered before the
+        // request body was all sent: pool the connection once it is ready, if that is soon.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let mut sender = sender;
+                if let Ok(Ok(())) = tokio::time::timeout(POOL_READY_WAIT, sender.ready()).await {
+                    endpoint.pool.put_back(sender);
+                }
+            });
+        }
+    }
+}
