@@ -10,3 +10,4 @@ mod check;
 mod demo;
 mod edge;
 mod proxy;
+mod resilience;

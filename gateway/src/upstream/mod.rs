@@ -283,3 +283,71 @@ pub fn spawn_background(upstream: &Arc<UpstreamRt>) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(extra: impl FnOnce(&mut config::Upstream)) -> Arc<UpstreamRt> {
+        let mut cfg = config::Upstream {
+            name: "u".into(),
+            balancer: config::BalancerKind::RoundRobin,
+            hash_on: None,
+            on_missing_key: OnMissingKey::Reject,
+            connect_timeout: Duration::from_secs(1),
+            targets: vec![config::Target {
+                id: "t".into(),
+                addr: "127.0.0.1:1".parse().unwrap(),
+                weight: 1,
+                backups: Vec::new(),
+                slots: Vec::new(),
+            }],
+            maglev_table_size: None,
+            health: None,
+            outlier: None,
+            circuit_breaker: None,
+            max_in_flight: None,
+            max_pending: None,
+        };
+        extra(&mut cfg);
+        Arc::new(UpstreamRt::build(&cfg, &Metrics::new()))
+    }
+
+    #[test]
+    fn max_in_flight_and_max_pending_admit_up_to_their_limit() {
+        let up = upstream(|c| {
+            c.max_in_flight = Some(2);
+            c.max_pending = Some(1);
+        });
+        let a = up.enter().unwrap();
+        let b = up.enter().unwrap();
+        assert!(up.enter().is_none());
+        drop(a);
+        assert!(up.enter().is_some());
+        drop(b);
+        let p = up.enter_pending().unwrap();
+        assert!(up.enter_pending().is_none());
+        assert_eq!(up.metrics.rejected_pending.get(), 1);
+        drop(p);
+        assert!(up.enter_pending().is_some());
+        // Without limits nothing is counted or refused.
+        let free = upstream(|_| {});
+        for _ in 0..1000 {
+            assert!(free.enter().is_some());
+        }
+    }
+
+    #[test]
+    fn the_retry_budget_allows_three_then_a_share_of_requests() {
+        let up = upstream(|_| {});
+        for _ in 0..3 {
+            assert!(up.take_retry(0.2));
+        }
+        assert!(!up.take_retry(0.2), "3 retries is the floor");
+        for _ in 0..100 {
+            up.count_request();
+        }
+        let allowed = (0..100).filter(|_| up.take_retry(0.2)).count();
+        assert_eq!(allowed, 17, "20% of 100 requests, 3 already used");
+    }
+}

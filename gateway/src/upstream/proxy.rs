@@ -280,18 +280,18 @@ async fn forward(
         for ep in up.shards[i].endpoints.iter().filter(|e| e.is_up()) {
             let Some(attempt) = req.take() else { break };
             match send(up, ep, attempt, &timing).await {
-                Sent::Done(r) => {
+                Attempt::Done(r) => {
                     result = Some(r);
                     break;
                 }
-                Sent::NotSent(back, why) => {
+                Attempt::NotSent(back, why) => {
                     req = Some(back);
                     if let Some(e) = why {
                         tracing::debug!(upstream = %up.name, target = %ep.id, error = %e, "connect failed; trying the next endpoint");
                         last_connect_error = Some(e);
                     }
                 }
-                Sent::Overloaded => {
+                Attempt::Overloaded => {
                     return match &cfg.fallback {
                         Some(f) => Ok(degraded(f)),
                         None => Err(GatewayError::Overloaded),
@@ -348,7 +348,7 @@ fn finish(
     result
 }
 
-enum Sent {
+enum Attempt {
     Done(Result<Response<ResBody>, GatewayError>),
     /// Nothing was sent (connect error, or circuit open): the request comes back.
     NotSent(Request<ReqBody>, Option<io::Error>),
@@ -373,14 +373,14 @@ async fn send(
     ep: &Arc<Endpoint>,
     mut req: Request<ReqBody>,
     timing: &Timing,
-) -> Sent {
+) -> Attempt {
     let ticket = match ep.admit(clock::now_ms()) {
         Ok(t) => t,
         Err(moved) => {
             if moved.is_some() {
                 up.changed();
             }
-            return Sent::NotSent(req, None);
+            return Attempt::NotSent(req, None);
         }
     };
     loop {
@@ -389,7 +389,7 @@ async fn send(
             None => {
                 let Some(_pending) = up.enter_pending() else {
                     ep.release(ticket);
-                    return Sent::Overloaded;
+                    return Attempt::Overloaded;
                 };
                 let connect_timeout = up.config.connect_timeout;
                 let budget = timing.total_deadline().map_or(connect_timeout, |d| {
@@ -401,7 +401,7 @@ async fn send(
                     Err(e) => {
                         ep.metrics.connect_error.inc();
                         record(up, ep, ticket, true);
-                        return Sent::NotSent(req, Some(e));
+                        return Attempt::NotSent(req, Some(e));
                     }
                 }
             }
@@ -435,7 +435,7 @@ async fn send(
             None => {
                 ep.metrics.timeout.inc();
                 record(up, ep, ticket, true);
-                Sent::Done(Err(GatewayError::UpstreamTimeout))
+                Attempt::Done(Err(GatewayError::UpstreamTimeout))
             }
             Some(Ok(res)) => {
                 ep.metrics.duration.observe(attempt.elapsed().as_secs_f64());
@@ -455,7 +455,7 @@ async fn send(
                     ended: false,
                     upstream_slot: None,
                 };
-                Sent::Done(Ok(Response::from_parts(parts, ResBody::Upstream(body))))
+                Attempt::Done(Ok(Response::from_parts(parts, ResBody::Upstream(body))))
             }
             Some(Err(mut e)) => {
                 if let Some(back) = e.take_message() {
@@ -467,20 +467,20 @@ async fn send(
                     }
                     ep.metrics.connect_error.inc();
                     record(up, ep, ticket, true);
-                    return Sent::NotSent(req, Some(io::Error::other(e.into_error())));
+                    return Attempt::NotSent(req, Some(io::Error::other(e.into_error())));
                 }
                 let err = e.into_error();
                 if caused_by::<BodyTooLarge>(&err) {
                     ep.release(ticket);
-                    return Sent::Done(Err(GatewayError::BodyTooLarge));
+                    return Attempt::Done(Err(GatewayError::BodyTooLarge));
                 }
                 if caused_by::<ClientBodyError>(&err) {
                     ep.release(ticket);
-                    return Sent::Done(Err(GatewayError::ClientGone));
+                    return Attempt::Done(Err(GatewayError::ClientGone));
                 }
                 ep.metrics.reset.inc();
                 record(up, ep, ticket, true);
-                Sent::Done(Err(GatewayError::Upstream(err)))
+                Attempt::Done(Err(GatewayError::Upstream(err)))
             }
         };
     }
