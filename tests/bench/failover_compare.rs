@@ -45,7 +45,10 @@ fn sibling(name: &str) -> PathBuf {
 }
 
 fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 fn wait_listening(addr: SocketAddr) {
@@ -68,7 +71,13 @@ fn start_backend(addr: SocketAddr, name: &str) -> Proc {
 }
 
 fn ensure_nginx() {
-    if Command::new("sh").arg("-c").arg("command -v nginx").stdout(Stdio::null()).status().is_ok_and(|s| s.success()) {
+    if Command::new("sh")
+        .arg("-c")
+        .arg("command -v nginx")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
         return;
     }
     let ok = Command::new("sh")
@@ -113,7 +122,14 @@ http {{
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
     let child = Command::new("nginx")
-        .args(["-p", dir.to_str().unwrap(), "-c", path.to_str().unwrap(), "-g", "daemon off;"])
+        .args([
+            "-p",
+            dir.to_str().unwrap(),
+            "-c",
+            path.to_str().unwrap(),
+            "-g",
+            "daemon off;",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -173,7 +189,9 @@ async fn tombstone(addr: SocketAddr, start: Instant, stop: Arc<AtomicBool>) -> V
     let listener = TcpListener::bind(addr).await.expect("tombstone bind");
     let attempts = Arc::new(Mutex::new(Vec::new()));
     while !stop.load(Ordering::Relaxed) {
-        if let Ok(Ok((mut s, _))) = tokio::time::timeout(Duration::from_millis(50), listener.accept()).await {
+        if let Ok(Ok((mut s, _))) =
+            tokio::time::timeout(Duration::from_millis(50), listener.accept()).await
+        {
             let at = start.elapsed();
             let attempts = attempts.clone();
             tokio::spawn(async move {
@@ -199,23 +217,33 @@ async fn client(addr: SocketAddr, start: Instant, log: Arc<Mutex<Log>>) {
     while start.elapsed() < RUN {
         if sender.as_ref().is_none_or(|s| s.is_closed()) {
             let Ok(stream) = TcpStream::connect(addr).await else {
-                log.lock().unwrap().requests.push((start.elapsed(), false, false));
+                log.lock()
+                    .unwrap()
+                    .requests
+                    .push((start.elapsed(), false, false));
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
-            let Ok((s, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
+            let Ok((s, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+            else {
                 continue;
             };
             tokio::spawn(conn);
             sender = Some(s);
         }
         let Some(s) = sender.as_mut() else { continue };
-        let req = http::Request::get("/load").header("host", "bench").body(Empty::new()).unwrap();
+        let req = http::Request::get("/load")
+            .header("host", "bench")
+            .body(Empty::new())
+            .unwrap();
         let at = start.elapsed();
         let result = async {
             s.ready().await?;
             let res = s.send_request(req).await?;
-            let victim = res.headers().get("x-served-by").is_some_and(|v| v == "victim");
+            let victim = res
+                .headers()
+                .get("x-served-by")
+                .is_some_and(|v| v == "victim");
             let ok = res.status().is_success();
             res.into_body().collect().await?;
             Ok::<_, hyper::Error>((ok, victim))
@@ -243,7 +271,11 @@ struct Outcome {
 async fn scenario(name: &'static str, dir: &Path) -> Outcome {
     let backends = [free_port(), free_port(), free_port()];
     let names = ["steady-a", "victim", "steady-b"];
-    let mut procs: Vec<Option<Proc>> = backends.iter().zip(names).map(|(a, n)| Some(start_backend(*a, n))).collect();
+    let mut procs: Vec<Option<Proc>> = backends
+        .iter()
+        .zip(names)
+        .map(|(a, n)| Some(start_backend(*a, n)))
+        .collect();
     let listen = free_port();
     let _proxy = match name {
         "nginx" => start_nginx(dir, listen, &backends),
@@ -252,7 +284,9 @@ async fn scenario(name: &'static str, dir: &Path) -> Outcome {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let start = Instant::now();
     let log = Arc::new(Mutex::new(Log::default()));
-    let clients: Vec<_> = (0..CLIENTS).map(|_| tokio::spawn(client(listen, start, log.clone()))).collect();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| tokio::spawn(client(listen, start, log.clone())))
+        .collect();
 
     tokio::time::sleep(KILL_AT).await;
     drop(procs[1].take()); // SIGKILL
@@ -288,18 +322,31 @@ async fn scenario(name: &'static str, dir: &Path) -> Outcome {
 }
 
 fn secs(d: Option<Duration>) -> String {
-    d.map_or_else(|| "never".to_string(), |d| format!("{:.2} s", d.as_secs_f64()))
+    d.map_or_else(
+        || "never".to_string(),
+        |d| format!("{:.2} s", d.as_secs_f64()),
+    )
 }
 
 fn main() {
     ensure_nginx();
-    assert!(sibling("gateway-under-test").exists(), "build first: cargo build --release -p tests --bins");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    assert!(
+        sibling("gateway-under-test").exists(),
+        "build first: cargo build --release -p tests --bins"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut outcomes = Vec::new();
     for name in ["nginx", "gateway"] {
-        let dir = std::env::temp_dir().join(format!("failover-compare-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("failover-compare-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        eprintln!("running the kill-a-backend scenario through {name} ({} s)...", RUN.as_secs());
+        eprintln!(
+            "running the kill-a-backend scenario through {name} ({} s)...",
+            RUN.as_secs()
+        );
         outcomes.push(rt.block_on(scenario(name, &dir)));
         let _ = std::fs::remove_dir_all(&dir);
     }
