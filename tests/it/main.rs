@@ -11,3 +11,4 @@ mod demo;
 mod edge;
 mod proxy;
 mod resilience;
+mod security;

@@ -252,11 +252,26 @@ impl hyper::service::Service<Request<Incoming>> for EdgeAdapter {
         drop(rt);
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(self.info.clone());
+        let mut close = false;
+        if !self.info.h2 {
+            let verdict = self
+                .state
+                .take_head_verdict()
+                .map_or_else(|| super::h1::check(&parts), Err);
+            if let Err(why) = verdict {
+                tracing::debug!(peer = %self.info.peer, reason = why, "refusing an ambiguous request");
+                parts
+                    .extensions
+                    .insert(crate::route::Refused::Malformed(why));
+                close = true;
+            }
+        }
         let body = ReqBody::new(body, limit, Some(self.state.clone()));
         EdgeFuture {
             inner: edge.oneshot(Request::from_parts(parts, body)),
             state: Some(self.state.clone()),
             h2: self.info.h2,
+            close,
         }
     }
 }
@@ -267,6 +282,8 @@ pin_project_lite::pin_project! {
         inner: Oneshot<EdgeService, Request<ReqBody>>,
         state: Option<Arc<ConnState>>,
         h2: bool,
+        // The head was refused as ambiguous: its body cannot be trusted, close after answering.
+        close: bool,
     }
 
     impl PinnedDrop for EdgeFuture {

@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,6 +29,8 @@ use tokio::time::{Instant, Sleep};
 const LINGER_BYTES: u64 = 256 * 1024;
 /// At most this long is spent lingering.
 const LINGER_TIME: Duration = Duration::from_secs(5);
+/// Heads longer than this are not scanned (hyper refuses them with 431 before that anyway).
+const MAX_SCANNED_HEAD: usize = 1 << 20;
 
 /// Per-connection request bookkeeping shared by the I/O wrapper, the connection task and the
 /// requests of the connection. One per connection: never contended across connections.
@@ -46,6 +48,9 @@ pub struct ConnState {
     last_io_ms: AtomicU64,
     /// Read and drop what the client still sends before closing (after an early 413).
     linger: AtomicBool,
+    /// The raw scan's verdict on the head being parsed (`h1::scan_head`): 0 none, else the
+    /// reason's index + 1.
+    head_verdict: AtomicU8,
 }
 
 impl ConnState {
@@ -57,6 +62,15 @@ impl ConnState {
             last_request_ms: AtomicU64::new(0),
             last_io_ms: AtomicU64::new(0),
             linger: AtomicBool::new(false),
+            head_verdict: AtomicU8::new(0),
+        }
+    }
+
+    /// The raw scan's objection to the head just parsed, if any (taken once).
+    pub fn take_head_verdict(&self) -> Option<&'static str> {
+        match self.head_verdict.swap(0, Ordering::AcqRel) {
+            0 => None,
+            n => super::h1::SCAN_REASONS.get(usize::from(n - 1)).copied(),
         }
     }
 
@@ -140,12 +154,17 @@ pub struct EdgeIo<T> {
     linger: Option<Linger>,
 }
 
-/// The request-head deadline of an HTTP/1 connection.
+/// The request-head deadline of an HTTP/1 connection, and the raw copy of the head being
+/// read for `h1::scan_head`.
 struct HeadTimer {
     timeout: Duration,
     sleep: Pin<Box<Sleep>>,
     /// `Some(n)`: a head is being read, and `n` was the request count when it started.
     reading: Option<u64>,
+    /// The head's bytes so far, while it is being captured.
+    capture: Vec<u8>,
+    capturing: bool,
+    max_capture: usize,
 }
 
 struct Linger {
@@ -168,6 +187,9 @@ impl<T> EdgeIo<T> {
             reading: Some(state.requests()),
             timeout,
             sleep: Box::pin(tokio::time::sleep(timeout)),
+            capture: Vec::new(),
+            capturing: true,
+            max_capture: MAX_SCANNED_HEAD,
         });
         Self {
             inner,
@@ -198,7 +220,7 @@ impl<T> EdgeIo<T> {
 
 impl HeadTimer {
     /// Bytes arrived: a new head starts if the connection was between requests.
-    fn on_bytes(&mut self, state: &ConnState) {
+    fn on_bytes(&mut self, state: &ConnState, bytes: &[u8]) {
         let requests = state.requests();
         if let Some(start) = self.reading {
             if requests != start || state.is_busy() {
@@ -208,6 +230,44 @@ impl HeadTimer {
         if self.reading.is_none() && !state.is_busy() {
             self.reading = Some(requests);
             self.sleep.as_mut().reset(Instant::now() + self.timeout);
+            self.capture.clear();
+            self.capturing = true;
+        }
+        if self.capturing {
+            self.scan(state, bytes);
+        }
+    }
+
+    /// Copy the head's bytes until its end, then judge it. Pipelined heads (sent while a
+    /// request is in flight) are not captured: hyper's normalisation and our re-framing keep
+    /// them from being read two ways.
+    fn scan(&mut self, state: &ConnState, bytes: &[u8]) {
+        let from = self.capture.len().saturating_sub(3);
+        self.capture.extend_from_slice(bytes);
+        let window = &self.capture[from..];
+        let end = window
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| from + i + 4)
+            .or_else(|| {
+                window
+                    .windows(2)
+                    .position(|w| w == b"\n\n")
+                    .map(|i| from + i + 2)
+            });
+        match end {
+            Some(end) => {
+                let verdict = super::h1::scan_head(&self.capture[..end]).map_or(0, |i| i + 1);
+                state.head_verdict.store(verdict, Ordering::Release);
+                self.capturing = false;
+                self.capture.clear();
+                self.capture.shrink_to(4096);
+            }
+            None if self.capture.len() > self.max_capture => {
+                self.capturing = false;
+                self.capture = Vec::new();
+            }
+            None => {}
         }
     }
 
@@ -240,7 +300,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for EdgeIo<T> {
                     this.pending_in += n;
                     this.state.touch_io();
                     if let Some(h) = this.head.as_mut() {
-                        h.on_bytes(&this.state);
+                        let filled = buf.filled();
+                        h.on_bytes(&this.state, &filled[filled.len() - n as usize..]);
                     }
                 } else {
                     self.flush_in();

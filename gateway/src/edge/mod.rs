@@ -3,6 +3,7 @@
 //! requests go to the edge stack (`stack.rs`).
 
 pub mod conn;
+pub mod h1;
 pub mod io;
 pub mod tls;
 

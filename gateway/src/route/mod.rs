@@ -67,8 +67,10 @@ impl Router {
 
 /// Why the fallback answers a request that never reached routing.
 #[derive(Clone, Copy, Debug)]
-enum Refused {
+pub enum Refused {
     TooManyHeaders,
+    /// An ambiguous or malformed head (`edge/h1.rs`, encoded traversal).
+    Malformed(&'static str),
 }
 
 impl Service<Request<ReqBody>> for Router {
@@ -87,8 +89,14 @@ impl Service<Request<ReqBody>> for Router {
             .get::<Arc<ConnInfo>>()
             .is_some_and(|c| c.listener.redirect_https.is_some());
         let mut found = None;
-        if parts.headers.len() > self.inner.max_headers {
+        if parts.extensions.get::<Refused>().is_some() {
+            // Refused at the edge already.
+        } else if parts.headers.len() > self.inner.max_headers {
             parts.extensions.insert(Refused::TooManyHeaders);
+        } else if rewrite::has_encoded_traversal(parts.uri.path()) {
+            parts
+                .extensions
+                .insert(Refused::Malformed("encoded dot-segment or slash in path"));
         } else if !redirect {
             if let Some(normal) = rewrite::normalize_path(parts.uri.path()) {
                 if let Ok(uri) = rewrite::with_path(&parts.uri, &normal) {
@@ -119,8 +127,14 @@ impl Service<Request<ReqBody>> for Fallback {
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        if let Some(Refused::TooManyHeaders) = req.extensions().get::<Refused>() {
-            return std::future::ready(Err(GatewayError::TooManyHeaders));
+        match req.extensions().get::<Refused>() {
+            Some(Refused::TooManyHeaders) => {
+                return std::future::ready(Err(GatewayError::TooManyHeaders))
+            }
+            Some(Refused::Malformed(why)) => {
+                return std::future::ready(Err(GatewayError::BadRequest(why)))
+            }
+            None => {}
         }
         let port = req
             .extensions()

@@ -46,6 +46,27 @@ pub fn normalize_path(path: &str) -> Option<String> {
     Some(s)
 }
 
+/// Whether percent-decoding the path's dots and slashes would make new dot-segments
+/// (`/api/..%2Fadmin`, `/%2e%2e%5cadmin`): an upstream that decodes them would climb out of
+/// the prefix the gateway matched, so such paths are refused. An encoded slash alone
+/// (`/repos/group%2Fproject`) is kept as it is.
+pub fn has_encoded_traversal(path: &str) -> bool {
+    if !path.contains('%') {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    if !(lower.contains("%2f") || lower.contains("%5c")) {
+        // Encoded dots alone are resolved by `normalize_path`.
+        return false;
+    }
+    let decoded = lower
+        .replace("%2e", ".")
+        .replace("%2f", "/")
+        .replace("%5c", "/")
+        .replace('\\', "/");
+    decoded.split('/').any(|seg| seg == "." || seg == "..")
+}
+
 fn has_dot_segment(path: &str) -> bool {
     path.split('/').any(|seg| is_dot(seg) || is_dot_dot(seg))
 }
@@ -184,6 +205,20 @@ mod tests {
         assert_eq!(normalize_path("/a/b"), None);
         assert_eq!(normalize_path("/a/..b/c"), None);
         assert_eq!(normalize_path("/a/.hidden"), None);
+    }
+
+    #[test]
+    fn encoded_traversal_is_spotted_and_encoded_slashes_alone_are_kept() {
+        assert!(has_encoded_traversal("/api/..%2Fadmin"));
+        assert!(has_encoded_traversal("/api/%2e%2e%2fadmin"));
+        assert!(has_encoded_traversal("/api/..%5Cadmin"));
+        assert!(has_encoded_traversal("/a/%2E%2E%5C..%2F"));
+        assert!(!has_encoded_traversal("/repos/group%2Fproject"));
+        assert!(
+            !has_encoded_traversal("/a/%2e%2e/b"),
+            "plain encoded dots are resolved instead"
+        );
+        assert!(!has_encoded_traversal("/a/b"));
     }
 
     #[test]
