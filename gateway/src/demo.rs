@@ -9,8 +9,15 @@ use crate::config::{self, Config, Mode};
 /// The demo config, built in so `gateway demo` works from any directory.
 pub const DEMO_TOML: &str = include_str!("../../config/demo.toml");
 
+/// The demo's JWT secret (demo only: anyone can read it here).
+pub const DEMO_JWT_SECRET_ENV: &str = "GATEWAY_DEMO_JWT_SECRET";
+const DEMO_JWT_SECRET: &str = "demo-only-secret-do-not-use-in-production-0123456789";
+
 /// Run the demo until Ctrl-C / SIGTERM.
 pub fn run(path: Option<PathBuf>) -> Result<(), String> {
+    if std::env::var_os(DEMO_JWT_SECRET_ENV).is_none() {
+        std::env::set_var(DEMO_JWT_SECRET_ENV, DEMO_JWT_SECRET);
+    }
     let default = PathBuf::from("config/demo.toml");
     let loaded = match path {
         Some(p) => config::load(&p, Mode::Run),
@@ -23,6 +30,7 @@ pub fn run(path: Option<PathBuf>) -> Result<(), String> {
     }
     .map_err(|errors| errors.join("\n"))?;
     let config = loaded.config;
+    let token = demo_token();
     crate::telemetry::raise_open_file_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -31,7 +39,7 @@ pub fn run(path: Option<PathBuf>) -> Result<(), String> {
     rt.block_on(async move {
         let backends = start_backends(&config).await?;
         let bound = crate::edge::bind(&config)?;
-        print_banner(&config, &bound, backends.len());
+        print_banner(&config, &bound, backends.len(), token.as_deref());
         let result = crate::edge::serve(config, bound, backends::shutdown_signal()).await;
         for b in backends {
             b.shutdown().await;
@@ -71,7 +79,21 @@ async fn start_backends(config: &Config) -> Result<Vec<backends::Handle>, String
     Ok(handles)
 }
 
-fn print_banner(config: &Config, bound: &crate::edge::Bound, backends: usize) {
+/// A day-long token for the demo's `[jwt.demo]` policy, if the config has it.
+fn demo_token() -> Option<String> {
+    let secret = std::env::var(DEMO_JWT_SECRET_ENV).ok()?;
+    let spec = crate::token::TokenSpec {
+        alg: "HS256".into(),
+        sub: Some("demo-user-7".into()),
+        aud: vec!["demo-api".into()],
+        iss: Some("https://demo.gateway.local".into()),
+        ttl: std::time::Duration::from_secs(86_400),
+        ..Default::default()
+    };
+    crate::token::mint(&spec, secret.as_bytes()).ok()
+}
+
+fn print_banner(config: &Config, bound: &crate::edge::Bound, backends: usize, token: Option<&str>) {
     let mut out = String::new();
     out.push_str(&format!(
         "\ngateway demo: {backends} sample backends and the gateway are up ({})\n\n",
@@ -106,9 +128,14 @@ fn print_banner(config: &Config, bound: &crate::edge::Bound, backends: usize) {
         out.push_str(&format!(
             "  curl -s -H 'x-user-id: 7' http://{addr}/api/users/7            # HTTP/1.1; the key picks the shard\n"
         ));
-        out.push_str(&format!(
-            "  curl -s http://{addr}/api/orders/7                         # weighted 3:1 over two targets\n"
-        ));
+        if let Some(t) = token {
+            out.push_str(&format!(
+                "  curl -s -H 'authorization: Bearer {t}' http://{addr}/api/orders/7   # JWT required; weighted 3:1 over two targets\n"
+            ));
+            out.push_str(&format!(
+                "  curl -si http://{addr}/api/orders/7                        # without the token: 401\n"
+            ));
+        }
         out.push_str(&format!(
             "  curl -si http://{addr}/nowhere                             # 404 with a request id\n"
         ));
@@ -118,6 +145,9 @@ fn print_banner(config: &Config, bound: &crate::edge::Bound, backends: usize) {
             "  curl -s 'http://{}/admin/explain?path=/api/users/42&header.x-user-id=42'   # which shard, and why\n  curl -s http://{}/metrics | grep '^gateway_requests_total'\n  curl -s http://{}/admin/upstreams\n",
             a.listen, a.listen, a.listen
         ));
+    }
+    if let Some(t) = token {
+        out.push_str(&format!("\nDemo JWT (HS256, sub demo-user-7, 24 h): {t}\n"));
     }
     out.push_str("\nAccess logs: RUST_LOG=info gateway demo.  Ctrl-C stops everything.\n");
     println!("{out}");

@@ -36,6 +36,8 @@ pub enum GatewayError {
     MissingKey(String),
     #[error("upstream concurrency limit reached")]
     Overloaded,
+    #[error("unauthorized: {}", .0.description())]
+    Unauthorized(crate::policy::jwt::AuthError),
 }
 
 /// nginx's "client closed request": logged and counted, never seen by the client.
@@ -56,6 +58,7 @@ impl GatewayError {
             Self::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::MissingKey(_) => StatusCode::BAD_REQUEST,
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -72,6 +75,7 @@ impl GatewayError {
             Self::ClientGone => "client closed request",
             Self::TooManyHeaders => "too many header fields",
             Self::Overloaded => "upstream overloaded",
+            Self::Unauthorized(e) => e.description(),
         })
     }
 
@@ -89,12 +93,23 @@ impl GatewayError {
             Self::TooManyHeaders => "too_many_headers",
             Self::MissingKey(_) => "missing_key",
             Self::Overloaded => "overloaded",
+            Self::Unauthorized(e) => e.reason(),
         }
     }
 
     /// The JSON answer for this error.
     pub fn to_response(&self, request_id: &HeaderValue) -> Response<ResBody> {
-        json_error(self.status(), &self.public_message(), request_id)
+        let mut res = json_error(self.status(), &self.public_message(), request_id);
+        if let Self::Unauthorized(e) = self {
+            let challenge = format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                e.description()
+            );
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        res
     }
 }
 

@@ -33,3 +33,4 @@ pub mod metrics;
 pub mod runtime;
 pub mod stack;
 pub mod telemetry;
+pub mod token;

@@ -29,6 +29,33 @@ enum Command {
     Check,
     /// Start the sample sharded backends and the gateway with config/demo.toml
     Demo,
+    /// Mint a JWT for testing (signed with a PEM private key, or an HMAC secret for HS*)
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// PEM private key (RSA, EC, Ed25519), or a file holding the secret for HS*
+    #[arg(long)]
+    key: PathBuf,
+    /// Algorithm: HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA
+    #[arg(long, default_value = "RS256")]
+    alg: String,
+    #[arg(long)]
+    kid: Option<String>,
+    #[arg(long)]
+    sub: Option<String>,
+    /// Audience (repeat for several)
+    #[arg(long)]
+    aud: Vec<String>,
+    #[arg(long)]
+    iss: Option<String>,
+    /// Lifetime, e.g. 15m, 1h, 1d
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// Extra claim name=value (the value is JSON if it parses, else a string); repeatable
+    #[arg(long = "claim")]
+    claims: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -43,6 +70,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Some(Command::Demo) => demo(cli.config.first().cloned()),
+        Some(Command::Token(t)) => token(t),
     }
 }
 
@@ -138,6 +166,36 @@ fn demo(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
+fn token(t: TokenArgs) -> ExitCode {
+    install_crypto_provider();
+    let ttl = match config::units::parse_duration(&t.ttl) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("gateway token: --ttl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let spec = gateway::token::TokenSpec {
+        alg: t.alg,
+        kid: t.kid,
+        sub: t.sub,
+        aud: t.aud,
+        iss: t.iss,
+        ttl,
+        claims: t.claims,
+    };
+    match gateway::token::mint_with_file(&spec, &t.key) {
+        Ok(tok) => {
+            println!("{tok}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gateway token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let mut b = tokio::runtime::Builder::new_multi_thread();
     b.enable_all();
@@ -147,9 +205,9 @@ fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     b.build()
 }
 
-/// One crypto provider (aws-lc-rs) for the whole process, installed once.
+/// One crypto provider (aws-lc-rs) for the whole process, rustls and JWT alike, installed once.
 fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    gateway::edge::tls::install_default_providers();
 }
 
 /// Resolves on SIGTERM or SIGINT. SIGHUP asks for a reload, which is not built yet: it is

@@ -3,15 +3,18 @@
 //! atomically (`ArcSwap` in `edge::Shared`); requests in flight keep the generation they
 //! started on.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::Config;
+use crate::config::{ApiKeyPolicy, Config};
 use crate::edge::tls::{self, CertMaterial};
 use crate::edge::ListenerInfo;
 use crate::metrics::{ListenerMetrics, Metrics};
+use crate::policy::api_key::ApiKeyLayer;
+use crate::policy::jwt::{AuthFailures, JwtLayer, JwtPolicyRt};
 use crate::policy::observe::RouteObs;
 use crate::policy::request_id::Snowflake;
 use crate::route::table::RouteTable;
@@ -42,6 +45,7 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub edge: EdgeService,
     pub router: Router,
+    pub jwt: HashMap<String, Arc<JwtPolicyRt>>,
     pub upstreams: Vec<Arc<UpstreamRt>>,
     pub listeners: Vec<Arc<ListenerRt>>,
 }
@@ -100,6 +104,18 @@ impl Runtime {
             crate::upstream::spawn_background(u);
         }
 
+        let mut jwt: HashMap<String, Arc<JwtPolicyRt>> = HashMap::new();
+        for (name, p) in &config.jwt {
+            let rt = Arc::new(JwtPolicyRt::new(name, p.clone(), metrics));
+            crate::policy::jwt::source::spawn(&rt);
+            jwt.insert(name.clone(), rt);
+        }
+        let api_keys: HashMap<String, Arc<ApiKeyPolicy>> = config
+            .api_keys
+            .iter()
+            .map(|(n, p)| (n.clone(), Arc::new(p.clone())))
+            .collect();
+
         let trusted: Arc<[IpNet]> = config.server.trusted_proxies.clone().into();
         let mut stacks = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
@@ -113,9 +129,28 @@ impl Runtime {
                 metrics: metrics.route(&r.name),
                 trusted_proxies: trusted.clone(),
             });
+            let failures = (r.policies.jwt.is_some() || r.policies.api_key.is_some())
+                .then(|| Arc::new(AuthFailures::new(metrics, &r.name)));
+            let policies = stack::RoutePolicies {
+                jwt: r
+                    .policies
+                    .jwt
+                    .as_ref()
+                    .and_then(|n| jwt.get(n))
+                    .zip(failures.clone())
+                    .map(|(p, f)| JwtLayer::new(p.clone(), f)),
+                api_key: r
+                    .policies
+                    .api_key
+                    .as_ref()
+                    .and_then(|n| api_keys.get(n))
+                    .zip(failures)
+                    .map(|(p, f)| ApiKeyLayer::new(p.clone(), f)),
+            };
             stacks.push(stack::route_stack(
                 obs,
                 config.limits.max_body_bytes,
+                policies,
                 r.strip_prefix.as_deref(),
                 ForwardConfig {
                     upstream,
@@ -141,6 +176,7 @@ impl Runtime {
             config,
             edge,
             router,
+            jwt,
             upstreams,
             listeners,
         })

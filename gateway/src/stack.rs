@@ -3,7 +3,8 @@
 //! ```text
 //! edge_stack:  request id → router ─┬─ route_stack (first matching route)
 //!                                   └─ fallback_stack (404, or 308 on redirect listeners)
-//! route_stack: observe (log, metrics, errors → JSON) → body limit → rewrite → upstream
+//! route_stack: observe (log, metrics, errors → JSON) → body limit → jwt → api key → rewrite
+//!              → upstream (balancer, endpoint, pooled client, retries)
 //! ```
 //! Stacks are built once per config generation (`runtime.rs`), never per request.
 
@@ -13,7 +14,9 @@ use tower::util::BoxCloneSyncService;
 use tower::ServiceBuilder;
 
 use crate::balance::key::KeySpec;
+use crate::policy::api_key::ApiKeyLayer;
 use crate::policy::body_limit::BodyLimitLayer;
+use crate::policy::jwt::JwtLayer;
 use crate::policy::observe::{ObserveLayer, RouteObs};
 use crate::policy::request_id::{RequestId, RequestIdLayer, Snowflake};
 use crate::route::rewrite::RewriteLayer;
@@ -30,10 +33,18 @@ pub fn edge_stack(ids: Arc<Snowflake>, trust_request_id: bool, router: Router) -
         .service(router)
 }
 
+/// The policies a route names, ready to layer (absent = off).
+#[derive(Default)]
+pub struct RoutePolicies {
+    pub jwt: Option<JwtLayer>,
+    pub api_key: Option<ApiKeyLayer>,
+}
+
 /// One route: its policies in order, down to its upstream.
 pub fn route_stack(
     obs: Arc<RouteObs>,
     max_body_bytes: u64,
+    policies: RoutePolicies,
     strip_prefix: Option<&str>,
     forward: ForwardConfig,
 ) -> RouteService {
@@ -41,6 +52,8 @@ pub fn route_stack(
     let svc = ServiceBuilder::new()
         .layer(ObserveLayer::new(obs))
         .layer(BodyLimitLayer::new(max_body_bytes))
+        .option_layer(policies.jwt)
+        .option_layer(policies.api_key)
         .layer(RewriteLayer::new(strip_prefix, keeps_path))
         .service(Forward::new(forward));
     BoxCloneSyncService::new(svc)

@@ -48,11 +48,18 @@ fn the_demo_starts_and_its_printed_curl_lines_work() {
             }
         }
     }
-    let curls: Vec<String> = banner
+    // (command, whether the banner says it shows an error on purpose)
+    let curls: Vec<(String, bool)> = banner
         .iter()
         .map(|l| l.trim())
         .filter(|l| l.starts_with("curl "))
-        .map(|l| l.split("  #").next().unwrap().trim().to_string())
+        .map(|l| {
+            let mut parts = l.splitn(2, "  #");
+            let cmd = parts.next().unwrap().trim().to_string();
+            let comment = parts.next().unwrap_or("");
+            let error_on_purpose = comment.contains("404") || comment.contains("401");
+            (cmd, error_on_purpose)
+        })
         .collect();
     assert!(
         curls.len() >= 5,
@@ -61,10 +68,16 @@ fn the_demo_starts_and_its_printed_curl_lines_work() {
     );
     assert!(curls
         .iter()
-        .any(|c| c.contains("--http2") && c.contains("https://")));
-    for curl in &curls {
-        // -f: fail on HTTP errors, except the line that shows a 404 on purpose.
-        let cmd = if curl.contains("/nowhere") {
+        .any(|(c, _)| c.contains("--http2") && c.contains("https://")));
+    assert!(
+        curls
+            .iter()
+            .any(|(c, _)| c.contains("authorization: Bearer ")),
+        "the demo prints a token"
+    );
+    for (curl, error_on_purpose) in &curls {
+        // -f: fail on HTTP errors, except the lines that show an error on purpose.
+        let cmd = if *error_on_purpose {
             curl.clone()
         } else {
             curl.replacen("curl -s", "curl -fs", 1)
@@ -86,6 +99,19 @@ fn the_demo_starts_and_its_printed_curl_lines_work() {
             assert!(
                 body.contains("404") && body.contains("request_id"),
                 "{cmd}: {body}"
+            );
+        }
+        if *error_on_purpose && curl.contains("/api/orders") {
+            assert!(
+                body.contains("401") && body.to_lowercase().contains("www-authenticate: bearer"),
+                "{cmd}: {body}"
+            );
+        }
+        if curl.contains("authorization: Bearer") {
+            assert!(body.contains("\"served_by\":\"orders-"), "{cmd}: {body}");
+            assert!(
+                body.contains("\"x-user-id\":\"demo-user-7\""),
+                "the sub claim goes upstream: {body}"
             );
         }
     }

@@ -78,8 +78,16 @@ pub fn extract<'a>(
         KeySpec::Query(name) => query_value(parts.uri.query()?, name),
         KeySpec::Cookie(name) => cookie_value(parts, name).map(Cow::Borrowed),
         KeySpec::Path => Some(Cow::Borrowed(path.as_bytes())),
-        // Claims arrive with JWT auth (issue #5); config validation refuses the key until then.
-        KeySpec::Jwt(_) => None,
+        KeySpec::Jwt(claim) => {
+            let claims = parts
+                .extensions
+                .get::<std::sync::Arc<crate::policy::jwt::Claims>>()?;
+            match claims.0.get(claim)? {
+                serde_json::Value::String(s) => Some(Cow::Borrowed(s.as_bytes())),
+                serde_json::Value::Null => None,
+                other => Some(Cow::Owned(other.to_string().into_bytes())),
+            }
+        }
         KeySpec::Route => None,
     }
 }

@@ -7,6 +7,7 @@ pub mod file;
 pub mod units;
 mod validate;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
@@ -42,6 +43,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// In file order: the first match wins.
     pub routes: Vec<Route>,
+    pub jwt: BTreeMap<String, JwtPolicy>,
+    pub api_keys: BTreeMap<String, ApiKeyPolicy>,
     /// The file as JSON with secrets redacted, for `GET /admin/config`.
     pub redacted: serde_json::Value,
 }
@@ -187,6 +190,61 @@ pub struct RetryOn {
 impl RetryOn {
     pub fn status(&self, status: u16) -> bool {
         (self.any_5xx && (500..600).contains(&status)) || self.statuses.contains(&status)
+    }
+}
+
+/// A `[jwt.NAME]` policy.
+#[derive(Debug, Clone)]
+pub struct JwtPolicy {
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub source: JwtSource,
+    pub issuer: Option<String>,
+    pub audiences: Option<Vec<String>>,
+    pub leeway: Duration,
+    pub max_token_bytes: usize,
+    /// (claim, header) pairs; incoming copies of these headers are always removed first.
+    pub claims_to_headers: Vec<(String, HeaderName)>,
+}
+
+/// Where a JWT policy's keys come from.
+#[derive(Clone)]
+pub enum JwtSource {
+    /// An HMAC secret read from `secret_env`.
+    Secret(Vec<u8>),
+    /// A JWKS file, read (and checked) at load, watched for changes while running.
+    File {
+        path: PathBuf,
+        keys: crate::policy::jwt::keys::KeySet,
+    },
+    /// A JWKS URL (https), fetched at start and refreshed in the background.
+    Url(String),
+}
+
+impl std::fmt::Debug for JwtSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Secret(_) => f.write_str("Secret(<redacted>)"),
+            Self::File { path, keys } => {
+                write!(f, "File({}, {} keys)", path.display(), keys.keys.len())
+            }
+            Self::Url(u) => write!(f, "Url({u})"),
+        }
+    }
+}
+
+/// An `[api_keys.NAME]` policy: SHA-256 digests of the keys, by name.
+#[derive(Clone)]
+pub struct ApiKeyPolicy {
+    pub header: HeaderName,
+    pub keys: Vec<(String, [u8; 32])>,
+}
+
+impl std::fmt::Debug for ApiKeyPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyPolicy")
+            .field("header", &self.header)
+            .field("keys", &self.keys.len())
+            .finish()
     }
 }
 

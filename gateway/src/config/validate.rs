@@ -15,9 +15,9 @@ use toml::Spanned;
 use super::file::{self, BalancerKind, OnMissingKey, SizeValue, SlotsValue};
 use super::units::{parse_duration, parse_size};
 use super::{
-    Admin, BreakerPolicy, CertSource, Config, Fallback, HealthCheck, HostMatch, Limits, Listener,
-    Loaded, Match, Mode, OutlierPolicy, RetryOn, RetryPolicy, Route, RoutePolicies, Server, Source,
-    Target, Tls, TlsVersion, Upstream,
+    Admin, ApiKeyPolicy, BreakerPolicy, CertSource, Config, Fallback, HealthCheck, HostMatch,
+    JwtPolicy, JwtSource, Limits, Listener, Loaded, Match, Mode, OutlierPolicy, RetryOn,
+    RetryPolicy, Route, RoutePolicies, Server, Source, Target, Tls, TlsVersion, Upstream,
 };
 use crate::balance::key::KeySpec;
 use crate::balance::SLOT_COUNT;
@@ -256,7 +256,7 @@ impl Validator<'_> {
             }
         }
         let limits = self.limits(&f.limits);
-        self.policies(f);
+        let (jwt, api_keys) = self.policies(f);
         let upstreams = self.upstreams(&f.upstreams);
         let routes = self.routes(f, &upstreams);
         Config {
@@ -267,6 +267,8 @@ impl Validator<'_> {
             limits,
             upstreams,
             routes,
+            jwt,
+            api_keys,
             redacted: redacted_view(f),
         }
     }
@@ -480,49 +482,23 @@ impl Validator<'_> {
 
     /// The policy tables. They parse and are checked, but their behaviour lands with later
     /// issues: until then a config that has them is refused rather than half obeyed.
-    fn policies(&mut self, f: &file::File) {
+    fn policies(
+        &mut self,
+        f: &file::File,
+    ) -> (BTreeMap<String, JwtPolicy>, BTreeMap<String, ApiKeyPolicy>) {
+        let mut jwt = BTreeMap::new();
         for (name, t) in &f.jwt {
             self.policy_name(name, "jwt");
-            let j = t.get_ref();
-            if j.algorithms.is_empty() {
-                self.error(t.span(), "jwt algorithms is empty");
+            if let Some(p) = self.jwt_policy(t) {
+                jwt.insert(name.get_ref().clone(), p);
             }
-            for alg in &j.algorithms {
-                const ALGS: [&str; 12] = [
-                    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384",
-                    "PS512", "ES256", "ES384", "EdDSA",
-                ];
-                if !ALGS.contains(&alg.get_ref().as_str()) {
-                    self.error(
-                        alg.span(),
-                        format!(
-                            "unknown or refused algorithm {:?} (allowed: {})",
-                            alg.get_ref(),
-                            ALGS.join(", ")
-                        ),
-                    );
-                }
-            }
-            let sources = [&j.jwks_file, &j.jwks_url, &j.secret_env]
-                .iter()
-                .filter(|s| s.is_some())
-                .count();
-            if sources != 1 {
-                self.error(
-                    t.span(),
-                    "jwt needs exactly one of jwks_file, jwks_url, secret_env",
-                );
-            }
-            if let Some(p) = &j.jwks_file {
-                self.existing_file(p, "jwks_file");
-            }
-            self.duration(&j.leeway, Duration::from_secs(30));
-            self.not_supported(name.span(), "[jwt] authentication", ISSUE_SECURITY);
         }
+        let mut api_keys = BTreeMap::new();
         for (name, t) in &f.api_keys {
             self.policy_name(name, "api_keys");
-            self.existing_file(&t.get_ref().keys_file, "keys_file");
-            self.not_supported(name.span(), "[api_keys] authentication", ISSUE_SECURITY);
+            if let Some(p) = self.api_key_policy(t) {
+                api_keys.insert(name.get_ref().clone(), p);
+            }
         }
         for (name, t) in &f.integrity {
             self.policy_name(name, "integrity");
@@ -545,6 +521,197 @@ impl Validator<'_> {
         }
         if let Some(r) = &f.redis {
             self.not_supported(r.span(), "[redis]", ISSUE_RATE_LIMITS);
+        }
+        (jwt, api_keys)
+    }
+
+    fn jwt_policy(&mut self, t: &Spanned<file::JwtFile>) -> Option<JwtPolicy> {
+        use jsonwebtoken::Algorithm;
+        let j = t.get_ref();
+        if j.algorithms.is_empty() {
+            self.error(t.span(), "jwt algorithms is empty");
+        }
+        let mut algorithms = Vec::new();
+        for alg in &j.algorithms {
+            const ALGS: [&str; 12] = [
+                "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                "ES256", "ES384", "EdDSA",
+            ];
+            match alg.get_ref().parse::<Algorithm>() {
+                Ok(a) if ALGS.contains(&alg.get_ref().as_str()) => algorithms.push(a),
+                _ => self.error(
+                    alg.span(),
+                    format!(
+                        "unknown or refused algorithm {:?} (allowed: {})",
+                        alg.get_ref(),
+                        ALGS.join(", ")
+                    ),
+                ),
+            }
+        }
+        let sources = [&j.jwks_file, &j.jwks_url, &j.secret_env]
+            .iter()
+            .filter(|s| s.is_some())
+            .count();
+        if sources != 1 {
+            self.error(
+                t.span(),
+                "jwt needs exactly one of jwks_file, jwks_url, secret_env",
+            );
+            return None;
+        }
+        let is_hmac =
+            |a: &Algorithm| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+        let source = if let Some(p) = &j.jwks_file {
+            let path = self.existing_file(p, "jwks_file")?;
+            let text = match std::fs::read(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.error(p.span(), format!("jwks_file {:?}: {e}", p.get_ref()));
+                    return None;
+                }
+            };
+            match crate::policy::jwt::keys::KeySet::from_jwks(&text, 1) {
+                Ok((keys, skipped)) => {
+                    for s in skipped {
+                        self.warn(
+                            p.span(),
+                            format!("jwks_file {:?}: skipping {s}", p.get_ref()),
+                        );
+                    }
+                    if keys.keys.is_empty() {
+                        self.warn(
+                            p.span(),
+                            format!(
+                                "jwks_file {:?} has no usable key: every token will be refused",
+                                p.get_ref()
+                            ),
+                        );
+                    }
+                    JwtSource::File { path, keys }
+                }
+                Err(e) => {
+                    self.error(p.span(), format!("jwks_file {:?}: {e}", p.get_ref()));
+                    return None;
+                }
+            }
+        } else if let Some(u) = &j.jwks_url {
+            let ok = u.get_ref().starts_with("https://")
+                && u.get_ref()
+                    .parse::<http::Uri>()
+                    .is_ok_and(|x| x.host().is_some());
+            if !ok {
+                self.error(
+                    u.span(),
+                    format!("jwks_url {:?} must be an https:// URL", u.get_ref()),
+                );
+                return None;
+            }
+            JwtSource::Url(u.get_ref().clone())
+        } else if let Some(e) = &j.secret_env {
+            if let Some(a) = algorithms.iter().find(|a| !is_hmac(a)) {
+                self.error(e.span(), format!("secret_env only verifies HS256/HS384/HS512, not {a:?}: use jwks_file or jwks_url for public keys"));
+            }
+            match self.env(e, "jwt secret") {
+                Some(v) if v.len() < 32 => {
+                    self.warn(
+                        e.span(),
+                        format!(
+                            "the secret in {} is shorter than 32 bytes: weak for HMAC",
+                            e.get_ref()
+                        ),
+                    );
+                    JwtSource::Secret(v.into_bytes())
+                }
+                Some(v) => JwtSource::Secret(v.into_bytes()),
+                None => JwtSource::Secret(Vec::new()),
+            }
+        } else {
+            return None;
+        };
+        let leeway = self.duration(&j.leeway, Duration::from_secs(30));
+        let max_token_bytes =
+            self.int_in(&j.max_token_bytes, 8192, 64..=1 << 20, "max_token_bytes") as usize;
+        let mut claims_to_headers = Vec::new();
+        for (claim, header) in j.claims_to_headers.iter().flatten() {
+            match HeaderName::from_bytes(header.get_ref().to_ascii_lowercase().as_bytes()) {
+                Ok(h)
+                    if h != http::header::HOST
+                        && h != http::header::AUTHORIZATION
+                        && h != crate::policy::request_id::X_REQUEST_ID =>
+                {
+                    claims_to_headers.push((claim.clone(), h));
+                }
+                _ => self.error(
+                    header.span(),
+                    format!(
+                        "{:?} cannot carry a claim (not a header name, or one the gateway owns)",
+                        header.get_ref()
+                    ),
+                ),
+            }
+        }
+        if let Some(auds) = &j.audiences {
+            if auds.is_empty() {
+                self.error(
+                    t.span(),
+                    "audiences is empty: leave it out to accept any audience",
+                );
+            }
+        }
+        Some(JwtPolicy {
+            algorithms,
+            source,
+            issuer: j.issuer.clone(),
+            audiences: j.audiences.clone(),
+            leeway,
+            max_token_bytes,
+            claims_to_headers,
+        })
+    }
+
+    fn api_key_policy(&mut self, t: &Spanned<file::ApiKeysFile>) -> Option<ApiKeyPolicy> {
+        let a = t.get_ref();
+        let header = match &a.header {
+            None => HeaderName::from_static("x-api-key"),
+            Some(h) => match HeaderName::from_bytes(h.get_ref().to_ascii_lowercase().as_bytes()) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.error(h.span(), format!("{:?} is not a header name", h.get_ref()));
+                    return None;
+                }
+            },
+        };
+        let path = self.existing_file(&a.keys_file, "keys_file")?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.error(
+                    a.keys_file.span(),
+                    format!("keys_file {:?}: {e}", a.keys_file.get_ref()),
+                );
+                return None;
+            }
+        };
+        match parse_api_keys(&path, &text) {
+            Ok(keys) => {
+                if keys.is_empty() {
+                    self.warn(
+                        a.keys_file.span(),
+                        format!(
+                            "keys_file {:?} holds no key: every request will be refused",
+                            a.keys_file.get_ref()
+                        ),
+                    );
+                }
+                Some(ApiKeyPolicy { header, keys })
+            }
+            Err(errors) => {
+                for e in errors {
+                    self.error(a.keys_file.span(), e);
+                }
+                None
+            }
         }
     }
 
@@ -582,14 +749,6 @@ impl Validator<'_> {
             Some(h) => match KeySpec::parse(h.get_ref()) {
                 Ok(KeySpec::Route) => {
                     self.error(h.span(), "hash_on cannot be \"route\" (every request of a route would go to one target)");
-                    None
-                }
-                Ok(KeySpec::Jwt(_)) => {
-                    self.not_supported(
-                        h.span(),
-                        "hash_on = \"jwt.CLAIM\" (claims come with JWT auth)",
-                        ISSUE_SECURITY,
-                    );
                     None
                 }
                 Ok(key) => {
@@ -1238,6 +1397,47 @@ impl Validator<'_> {
             methods,
             headers,
         }
+    }
+}
+
+/// An API keys file: lines of `name = "<hex SHA-256 of the key>"`. Errors name the file and
+/// their own line and column.
+fn parse_api_keys(
+    path: &std::path::Path,
+    text: &str,
+) -> Result<Vec<(String, [u8; 32])>, Vec<String>> {
+    let src = Source::new(path, text);
+    let table: BTreeMap<String, Spanned<String>> = toml::from_str(text)
+        .map_err(|e| vec![src.format(e.span(), &format!("keys_file: {}", e.message().trim()))])?;
+    let mut keys = Vec::new();
+    let mut errors = Vec::new();
+    for (name, hex) in table {
+        let h = hex.get_ref().trim();
+        let mut digest = [0u8; 32];
+        let ok = h.len() == 64
+            && h.as_bytes()
+                .chunks(2)
+                .zip(digest.iter_mut())
+                .all(|(pair, out)| {
+                    std::str::from_utf8(pair)
+                        .ok()
+                        .and_then(|p| u8::from_str_radix(p, 16).ok())
+                        .map(|b| *out = b)
+                        .is_some()
+                });
+        if ok {
+            keys.push((name, digest));
+        } else {
+            errors.push(src.format(
+                Some(hex.span()),
+                &format!("key {name:?}: expected the hex SHA-256 of the key (64 hex digits), e.g. from `printf %s KEY | sha256sum`"),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(keys)
+    } else {
+        Err(errors)
     }
 }
 

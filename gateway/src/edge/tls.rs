@@ -19,6 +19,13 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{CertSource, Tls, TlsVersion};
 
+/// Install aws-lc-rs as the one crypto provider of the process, for rustls and for
+/// jsonwebtoken. Called once at start (`main`); later calls change nothing.
+pub fn install_default_providers() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+}
+
 /// The one crypto provider of the process (aws-lc-rs), shared by rustls and the JWT code.
 pub fn provider() -> Arc<CryptoProvider> {
     CryptoProvider::get_default()

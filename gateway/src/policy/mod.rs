@@ -4,6 +4,8 @@
 //! `observe` (access log, metrics, the one place errors become answers) and the body limit.
 //! Auth, integrity and rate limiting land here with their issues.
 
+pub mod api_key;
 pub mod body_limit;
+pub mod jwt;
 pub mod observe;
 pub mod request_id;
