@@ -4,6 +4,7 @@ mod client;
 mod harness;
 
 mod admin;
+mod auth;
 mod backends;
 mod balance;
 mod check;

@@ -106,6 +106,7 @@ async fn refresh_url(policy: Weak<JwtPolicyRt>, url: String) {
                 Err(e) => {
                     failures += 1;
                     p.refresh_error.inc();
+                    p.refreshed.notify_waiters();
                     tracing::warn!(policy = %p.name, %url, error = %e, "jwks: bad document, keeping the last good keys");
                     backoff(failures)
                 }
@@ -113,6 +114,8 @@ async fn refresh_url(policy: Weak<JwtPolicyRt>, url: String) {
             Err(e) => {
                 failures += 1;
                 p.refresh_error.inc();
+                // Whoever waits for this refresh stops waiting: the old keys are all there is.
+                p.refreshed.notify_waiters();
                 tracing::warn!(policy = %p.name, %url, error = %e, attempt = failures, "jwks: fetch failed, keeping the last good keys");
                 backoff(failures)
             }

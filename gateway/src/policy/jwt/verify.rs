@@ -124,7 +124,8 @@ pub struct JwtPolicyRt {
     pub keys: ArcSwap<KeySet>,
     validations: HashMap<Algorithm, Validation>,
     cache: quick_cache::sync::Cache<[u8; 32], Arc<Verified>>,
-    /// Refreshes of a `jwks_url` set: asked for by unknown kids, done by the source task.
+    /// Refreshes of a `jwks_url` set: asked for by unknown kids, done by the source task,
+    /// which wakes `refreshed` after every attempt, failed or not.
     pub refresh_wanted: Arc<Notify>,
     pub refreshed: Notify,
     last_kid_refresh_ms: AtomicU64,
@@ -242,16 +243,20 @@ impl JwtPolicyRt {
 
     /// Ask the source for a refresh and wait for it (bounded), unless one ran recently.
     async fn refresh_for_unknown_kid(&self) -> bool {
+        let refreshed = self.refreshed.notified();
+        if self.keys.load().keys.is_empty() {
+            // Not fetched yet: the start-up fetch (and its retries) is on its way; wait for it
+            // rather than asking for another.
+            return tokio::time::timeout(Duration::from_secs(3), refreshed)
+                .await
+                .is_ok();
+        }
         let now = crate::clock::now_ms();
         let last = self.last_kid_refresh_ms.load(Ordering::Relaxed);
-        let never_loaded = self.keys.load().keys.is_empty();
-        let recent =
-            last != 0 && now.saturating_sub(last) < KID_REFRESH_COOLDOWN.as_millis() as u64;
-        if recent && !never_loaded {
+        if last != 0 && now.saturating_sub(last) < KID_REFRESH_COOLDOWN.as_millis() as u64 {
             return false;
         }
         self.last_kid_refresh_ms.store(now, Ordering::Relaxed);
-        let refreshed = self.refreshed.notified();
         self.refresh_wanted.notify_one();
         tokio::time::timeout(Duration::from_secs(3), refreshed)
             .await
