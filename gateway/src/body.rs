@@ -66,6 +66,8 @@ pub enum Replay {
     Kept(Arc<Mutex<ReplayBuf>>),
     /// Not kept (no retry policy, or not idempotent).
     No,
+    /// A body that was in memory all along.
+    Frames(Vec<Bytes>),
 }
 
 impl Replay {
@@ -74,6 +76,7 @@ impl Replay {
         match self {
             Self::Empty => Some(ReqBody::empty()),
             Self::No => None,
+            Self::Frames(f) => Some(ReqBody::from_frames(f.clone())),
             Self::Kept(buf) => {
                 let b = buf.lock().ok()?;
                 (b.complete && !b.overflow).then(|| ReqBody::from_frames(b.frames.clone()))
@@ -119,6 +122,15 @@ impl ReqBody {
     /// A body with nothing in it.
     pub fn empty() -> Self {
         Self::from_frames(Vec::new())
+    }
+
+    /// A body already read whole (integrity checks read it before forwarding).
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        if bytes.is_empty() {
+            Self::empty()
+        } else {
+            Self::from_frames(vec![bytes])
+        }
     }
 
     /// A body sent again from kept frames.

@@ -38,6 +38,10 @@ pub enum GatewayError {
     Overloaded,
     #[error("unauthorized: {}", .0.description())]
     Unauthorized(crate::policy::jwt::AuthError),
+    #[error("integrity check failed: {0}")]
+    Integrity(&'static str),
+    #[error("client address not allowed")]
+    Forbidden,
 }
 
 /// nginx's "client closed request": logged and counted, never seen by the client.
@@ -59,6 +63,8 @@ impl GatewayError {
             Self::MissingKey(_) => StatusCode::BAD_REQUEST,
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Integrity(_) => StatusCode::BAD_REQUEST,
+            Self::Forbidden => StatusCode::FORBIDDEN,
         }
     }
 
@@ -66,6 +72,9 @@ impl GatewayError {
     pub fn public_message(&self) -> Cow<'static, str> {
         Cow::Borrowed(match self {
             Self::MissingKey(key) => return Cow::Owned(format!("missing hash key {key}")),
+            Self::Integrity(reason) => {
+                return Cow::Owned(format!("integrity check failed: {reason}"))
+            }
             Self::NoRoute => "no route",
             Self::BadRequest(what) => what,
             Self::BodyTooLarge => "request body too large",
@@ -76,6 +85,7 @@ impl GatewayError {
             Self::TooManyHeaders => "too many header fields",
             Self::Overloaded => "upstream overloaded",
             Self::Unauthorized(e) => e.description(),
+            Self::Forbidden => "forbidden",
         })
     }
 
@@ -94,6 +104,8 @@ impl GatewayError {
             Self::MissingKey(_) => "missing_key",
             Self::Overloaded => "overloaded",
             Self::Unauthorized(e) => e.reason(),
+            Self::Integrity(reason) => reason,
+            Self::Forbidden => "forbidden",
         }
     }
 

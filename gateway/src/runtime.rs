@@ -14,6 +14,8 @@ use crate::edge::tls::{self, CertMaterial};
 use crate::edge::ListenerInfo;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::policy::api_key::ApiKeyLayer;
+use crate::policy::integrity::{IntegrityFailures, IntegrityLayer, IntegrityRt};
+use crate::policy::ip_filter::IpFilterLayer;
 use crate::policy::jwt::{AuthFailures, JwtLayer, JwtPolicyRt};
 use crate::policy::observe::RouteObs;
 use crate::policy::request_id::Snowflake;
@@ -116,6 +118,12 @@ impl Runtime {
             .map(|(n, p)| (n.clone(), Arc::new(p.clone())))
             .collect();
 
+        let integrity: HashMap<String, Arc<IntegrityRt>> = config
+            .integrity
+            .iter()
+            .map(|(n, p)| (n.clone(), Arc::new(IntegrityRt::new(p.clone()))))
+            .collect();
+
         let trusted: Arc<[IpNet]> = config.server.trusted_proxies.clone().into();
         let mut stacks = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
@@ -132,6 +140,19 @@ impl Runtime {
             let failures = (r.policies.jwt.is_some() || r.policies.api_key.is_some())
                 .then(|| Arc::new(AuthFailures::new(metrics, &r.name)));
             let policies = stack::RoutePolicies {
+                ip_filter: (!r.allow_ips.is_empty() || !r.deny_ips.is_empty())
+                    .then(|| IpFilterLayer::new(r.allow_ips.clone(), r.deny_ips.clone())),
+                integrity: r
+                    .policies
+                    .integrity
+                    .as_ref()
+                    .and_then(|n| integrity.get(n))
+                    .map(|p| {
+                        IntegrityLayer::new(
+                            p.clone(),
+                            Arc::new(IntegrityFailures::new(metrics, &r.name)),
+                        )
+                    }),
                 jwt: r
                     .policies
                     .jwt

@@ -3,8 +3,9 @@
 //! ```text
 //! edge_stack:  request id → router ─┬─ route_stack (first matching route)
 //!                                   └─ fallback_stack (404, or 308 on redirect listeners)
-//! route_stack: observe (log, metrics, errors → JSON) → body limit → jwt → api key → rewrite
-//!              → upstream (balancer, endpoint, pooled client, retries)
+//! route_stack: observe (log, metrics, errors → JSON) → body limit → ip allow/deny → jwt
+//!              → api key → integrity → rewrite → upstream (balancer, endpoint, pooled
+//!              client, retries)
 //! ```
 //! Stacks are built once per config generation (`runtime.rs`), never per request.
 
@@ -16,6 +17,8 @@ use tower::ServiceBuilder;
 use crate::balance::key::KeySpec;
 use crate::policy::api_key::ApiKeyLayer;
 use crate::policy::body_limit::BodyLimitLayer;
+use crate::policy::integrity::IntegrityLayer;
+use crate::policy::ip_filter::IpFilterLayer;
 use crate::policy::jwt::JwtLayer;
 use crate::policy::observe::{ObserveLayer, RouteObs};
 use crate::policy::request_id::{RequestId, RequestIdLayer, Snowflake};
@@ -36,8 +39,10 @@ pub fn edge_stack(ids: Arc<Snowflake>, trust_request_id: bool, router: Router) -
 /// The policies a route names, ready to layer (absent = off).
 #[derive(Default)]
 pub struct RoutePolicies {
+    pub ip_filter: Option<IpFilterLayer>,
     pub jwt: Option<JwtLayer>,
     pub api_key: Option<ApiKeyLayer>,
+    pub integrity: Option<IntegrityLayer>,
 }
 
 /// One route: its policies in order, down to its upstream.
@@ -52,8 +57,10 @@ pub fn route_stack(
     let svc = ServiceBuilder::new()
         .layer(ObserveLayer::new(obs))
         .layer(BodyLimitLayer::new(max_body_bytes))
+        .option_layer(policies.ip_filter)
         .option_layer(policies.jwt)
         .option_layer(policies.api_key)
+        .option_layer(policies.integrity)
         .layer(RewriteLayer::new(strip_prefix, keeps_path))
         .service(Forward::new(forward));
     BoxCloneSyncService::new(svc)

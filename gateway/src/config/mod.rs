@@ -17,7 +17,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 
-pub use file::{BalancerKind, OnMissingKey};
+pub use file::{BalancerKind, CheckMode, OnMissingKey};
 
 use crate::balance::key::KeySpec;
 use crate::edge::tls::CertMaterial;
@@ -45,6 +45,7 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub jwt: BTreeMap<String, JwtPolicy>,
     pub api_keys: BTreeMap<String, ApiKeyPolicy>,
+    pub integrity: BTreeMap<String, IntegrityPolicy>,
     /// The file as JSON with secrets redacted, for `GET /admin/config`.
     pub redacted: serde_json::Value,
 }
@@ -248,6 +249,30 @@ impl std::fmt::Debug for ApiKeyPolicy {
     }
 }
 
+/// An `[integrity.NAME]` policy.
+#[derive(Clone)]
+pub struct IntegrityPolicy {
+    pub content_digest: CheckMode,
+    pub signature: CheckMode,
+    /// (keyid, HMAC secret) from `signature_keys_file`.
+    pub keys: Vec<(String, Vec<u8>)>,
+    pub required_components: Vec<String>,
+    pub max_skew: Duration,
+    pub max_nonces: usize,
+    pub json: bool,
+}
+
+impl std::fmt::Debug for IntegrityPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntegrityPolicy")
+            .field("content_digest", &self.content_digest)
+            .field("signature", &self.signature)
+            .field("keys", &self.keys.len())
+            .field("required_components", &self.required_components)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The degraded answer of a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fallback {
@@ -281,6 +306,8 @@ pub struct Route {
     pub host_rewrite: Option<HeaderValue>,
     pub retry: Option<RetryPolicy>,
     pub fallback: Option<Fallback>,
+    pub allow_ips: Vec<IpNet>,
+    pub deny_ips: Vec<IpNet>,
 }
 
 /// Names of the policy tables a route uses; `None` is off.

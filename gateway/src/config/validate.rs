@@ -15,9 +15,10 @@ use toml::Spanned;
 use super::file::{self, BalancerKind, OnMissingKey, SizeValue, SlotsValue};
 use super::units::{parse_duration, parse_size};
 use super::{
-    Admin, ApiKeyPolicy, BreakerPolicy, CertSource, Config, Fallback, HealthCheck, HostMatch,
-    JwtPolicy, JwtSource, Limits, Listener, Loaded, Match, Mode, OutlierPolicy, RetryOn,
-    RetryPolicy, Route, RoutePolicies, Server, Source, Target, Tls, TlsVersion, Upstream,
+    Admin, ApiKeyPolicy, BreakerPolicy, CertSource, CheckMode, Config, Fallback, HealthCheck,
+    HostMatch, IntegrityPolicy, JwtPolicy, JwtSource, Limits, Listener, Loaded, Match, Mode,
+    OutlierPolicy, RetryOn, RetryPolicy, Route, RoutePolicies, Server, Source, Target, Tls,
+    TlsVersion, Upstream,
 };
 use crate::balance::key::KeySpec;
 use crate::balance::SLOT_COUNT;
@@ -256,7 +257,7 @@ impl Validator<'_> {
             }
         }
         let limits = self.limits(&f.limits);
-        let (jwt, api_keys) = self.policies(f);
+        let (jwt, api_keys, integrity) = self.policies(f);
         let upstreams = self.upstreams(&f.upstreams);
         let routes = self.routes(f, &upstreams);
         Config {
@@ -269,6 +270,7 @@ impl Validator<'_> {
             routes,
             jwt,
             api_keys,
+            integrity,
             redacted: redacted_view(f),
         }
     }
@@ -480,12 +482,17 @@ impl Validator<'_> {
         }
     }
 
-    /// The policy tables. They parse and are checked, but their behaviour lands with later
-    /// issues: until then a config that has them is refused rather than half obeyed.
+    /// The policy tables. Rate limits and Redis parse and are checked, but are refused until
+    /// their behaviour is built rather than half obeyed.
+    #[allow(clippy::type_complexity)]
     fn policies(
         &mut self,
         f: &file::File,
-    ) -> (BTreeMap<String, JwtPolicy>, BTreeMap<String, ApiKeyPolicy>) {
+    ) -> (
+        BTreeMap<String, JwtPolicy>,
+        BTreeMap<String, ApiKeyPolicy>,
+        BTreeMap<String, IntegrityPolicy>,
+    ) {
         let mut jwt = BTreeMap::new();
         for (name, t) in &f.jwt {
             self.policy_name(name, "jwt");
@@ -500,13 +507,12 @@ impl Validator<'_> {
                 api_keys.insert(name.get_ref().clone(), p);
             }
         }
+        let mut integrity = BTreeMap::new();
         for (name, t) in &f.integrity {
             self.policy_name(name, "integrity");
-            if let Some(p) = &t.get_ref().signature_keys_file {
-                self.existing_file(p, "signature_keys_file");
+            if let Some(p) = self.integrity_policy(t) {
+                integrity.insert(name.get_ref().clone(), p);
             }
-            self.duration(&t.get_ref().max_skew, Duration::from_secs(300));
-            self.not_supported(name.span(), "[integrity] checks", ISSUE_SECURITY);
         }
         for (name, t) in &f.rate_limits {
             self.policy_name(name, "rate_limits");
@@ -522,7 +528,93 @@ impl Validator<'_> {
         if let Some(r) = &f.redis {
             self.not_supported(r.span(), "[redis]", ISSUE_RATE_LIMITS);
         }
-        (jwt, api_keys)
+        (jwt, api_keys, integrity)
+    }
+
+    fn integrity_policy(&mut self, t: &Spanned<file::IntegrityFile>) -> Option<IntegrityPolicy> {
+        use base64::Engine;
+        let f = t.get_ref();
+        let signature = f.signature.unwrap_or(CheckMode::Required);
+        let mut keys = Vec::new();
+        match &f.signature_keys_file {
+            Some(p) => {
+                let path = self.existing_file(p, "signature_keys_file")?;
+                let text = std::fs::read_to_string(&path).ok()?;
+                let src = Source::new(&path, &text);
+                match toml::from_str::<BTreeMap<String, Spanned<String>>>(&text) {
+                    Ok(table) => {
+                        for (id, secret) in table {
+                            match base64::engine::general_purpose::STANDARD.decode(secret.get_ref().trim()) {
+                                Ok(k) if k.len() >= 16 => keys.push((id, k)),
+                                Ok(_) => self.error(p.span(), src.format(Some(secret.span()), &format!("key {id:?}: a secret shorter than 16 bytes is too weak"))),
+                                Err(_) => self.error(p.span(), src.format(Some(secret.span()), &format!("key {id:?}: expected a base64 secret"))),
+                            }
+                        }
+                    }
+                    Err(e) => self.error(
+                        p.span(),
+                        src.format(
+                            e.span(),
+                            &format!("signature_keys_file: {}", e.message().trim()),
+                        ),
+                    ),
+                }
+            }
+            None if signature != CheckMode::Off => {
+                self.error(t.span(), "signature checks need signature_keys_file (lines of keyid = \"<base64 secret>\")");
+            }
+            None => {}
+        }
+        const DERIVED: [&str; 7] = [
+            "@method",
+            "@authority",
+            "@path",
+            "@query",
+            "@target-uri",
+            "@scheme",
+            "@request-target",
+        ];
+        let required_components = match &f.required_components {
+            None => vec![
+                "@method".into(),
+                "@authority".into(),
+                "@path".into(),
+                "content-digest".into(),
+            ],
+            Some(list) => {
+                let mut out = Vec::new();
+                for c in list {
+                    let name = c.get_ref();
+                    let ok = if name.starts_with('@') {
+                        DERIVED.contains(&name.as_str())
+                    } else {
+                        HeaderName::from_bytes(name.as_bytes()).is_ok()
+                            && name.bytes().all(|b| !b.is_ascii_uppercase())
+                    };
+                    if ok {
+                        out.push(name.clone());
+                    } else {
+                        self.error(
+                            c.span(),
+                            format!(
+                                "{name:?} is not a component: use {} or a lower-case header name",
+                                DERIVED.join(", ")
+                            ),
+                        );
+                    }
+                }
+                out
+            }
+        };
+        Some(IntegrityPolicy {
+            content_digest: f.content_digest.unwrap_or(CheckMode::Required),
+            signature,
+            keys,
+            required_components,
+            max_skew: self.duration(&f.max_skew, Duration::from_secs(300)),
+            max_nonces: self.int_in(&f.max_nonces, 100_000, 1..=100_000_000, "max_nonces") as usize,
+            json: f.json.unwrap_or(true),
+        })
     }
 
     fn jwt_policy(&mut self, t: &Spanned<file::JwtFile>) -> Option<JwtPolicy> {
@@ -1169,10 +1261,16 @@ impl Validator<'_> {
                     self.not_supported(x.span(), "compress", ISSUE_OPERATIONS);
                 }
             }
-            for ips in [&rf.allow_ips, &rf.deny_ips].into_iter().flatten() {
-                self.cidrs(ips.get_ref());
-                self.not_supported(ips.span(), "allow_ips / deny_ips", ISSUE_SECURITY);
-            }
+            let allow_ips = rf
+                .allow_ips
+                .as_ref()
+                .map(|l| self.cidrs(l.get_ref()))
+                .unwrap_or_default();
+            let deny_ips = rf
+                .deny_ips
+                .as_ref()
+                .map(|l| self.cidrs(l.get_ref()))
+                .unwrap_or_default();
             if let Some(x) = &rf.websocket {
                 if *x.get_ref() {
                     self.not_supported(x.span(), "websocket", ISSUE_OPERATIONS);
@@ -1209,6 +1307,8 @@ impl Validator<'_> {
                 host_rewrite,
                 retry,
                 fallback,
+                allow_ips,
+                deny_ips,
             });
         }
         out

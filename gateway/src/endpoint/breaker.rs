@@ -7,7 +7,7 @@
 //!
 //! All state is atomics: the request path never takes a lock here.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use prometheus::IntGauge;
 
@@ -39,17 +39,23 @@ impl CircuitState {
     }
 }
 
-/// Permission to send one request through the breaker.
+/// Permission to send one request through the breaker, stamped with the breaker's generation
+/// (which every state change increases): a result from an older generation is ignored, so
+/// results never leak across a state change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ticket {
-    Closed,
-    HalfOpen,
+pub struct Ticket {
+    half_open: bool,
+    generation: u64,
 }
+
+/// `state` word: generation << 8 | state.
+const STATE_BITS: u64 = 8;
 
 #[derive(Debug)]
 pub struct Breaker {
     policy: BreakerPolicy,
-    state: AtomicU8,
+    /// Generation and state in one word, so a transition is one compare-and-swap.
+    word: AtomicU64,
     opened_at_ms: AtomicU64,
     half_open_in_flight: AtomicU32,
     half_open_successes: AtomicU32,
@@ -64,7 +70,7 @@ impl Breaker {
         Self {
             window: Rolling::new(policy.window),
             policy,
-            state: AtomicU8::new(CircuitState::Closed as u8),
+            word: AtomicU64::new(CircuitState::Closed as u64),
             opened_at_ms: AtomicU64::new(0),
             half_open_in_flight: AtomicU32::new(0),
             half_open_successes: AtomicU32::new(0),
@@ -72,8 +78,13 @@ impl Breaker {
         }
     }
 
+    fn load(&self) -> (u64, CircuitState) {
+        let w = self.word.load(Ordering::Acquire);
+        (w >> STATE_BITS, CircuitState::from_u8((w & 0xff) as u8))
+    }
+
     pub fn state(&self) -> CircuitState {
-        CircuitState::from_u8(self.state.load(Ordering::Acquire))
+        self.load().1
     }
 
     fn open_until(&self) -> u64 {
@@ -95,25 +106,42 @@ impl Breaker {
     /// half-open here. Returns the state it moved to, if it moved.
     pub fn acquire(&self, now_ms: u64) -> (Option<Ticket>, Option<CircuitState>) {
         let mut moved = None;
-        match self.state() {
-            CircuitState::Closed => return (Some(Ticket::Closed), None),
+        let (mut generation, state) = self.load();
+        match state {
+            CircuitState::Closed => {
+                return (
+                    Some(Ticket {
+                        half_open: false,
+                        generation,
+                    }),
+                    None,
+                )
+            }
             CircuitState::Open => {
                 if now_ms < self.open_until() {
                     return (None, None);
                 }
-                if self.transition(CircuitState::Open, CircuitState::HalfOpen) {
-                    moved = Some(CircuitState::HalfOpen);
+                match self.transition(generation, CircuitState::Open, CircuitState::HalfOpen) {
+                    Some(g) => {
+                        generation = g;
+                        moved = Some(CircuitState::HalfOpen);
+                    }
+                    None => return (None, None),
                 }
             }
             CircuitState::HalfOpen => {}
         }
-        if self.state() != CircuitState::HalfOpen {
-            // Lost a race to another transition: ask again next time.
-            return (None, moved);
-        }
         let before = self.half_open_in_flight.fetch_add(1, Ordering::AcqRel);
-        if before < self.policy.half_open_requests {
-            (Some(Ticket::HalfOpen), moved)
+        if before < self.policy.half_open_requests
+            && self.load() == (generation, CircuitState::HalfOpen)
+        {
+            (
+                Some(Ticket {
+                    half_open: true,
+                    generation,
+                }),
+                moved,
+            )
         } else {
             self.half_open_in_flight.fetch_sub(1, Ordering::AcqRel);
             (None, moved)
@@ -122,68 +150,66 @@ impl Breaker {
 
     /// Record how a permitted request went. Returns the state it moved to, if it moved.
     pub fn record(&self, ticket: Ticket, failure: bool, now_ms: u64) -> Option<CircuitState> {
-        match ticket {
-            Ticket::Closed => {
-                if self.state() != CircuitState::Closed {
-                    // Started while closed, ended after a transition: the window is the new
-                    // state's business.
-                    return None;
-                }
-                self.window.add(now_ms, 1, u64::from(failure));
-                let (total, failures) = self.window.sum(now_ms);
-                let ratio = failures as f64 / total.max(1) as f64;
-                if total >= u64::from(self.policy.min_requests) && ratio >= self.policy.error_ratio
-                {
-                    self.opened_at_ms.store(now_ms, Ordering::Relaxed);
-                    if self.transition(CircuitState::Closed, CircuitState::Open) {
-                        return Some(CircuitState::Open);
-                    }
-                }
-                None
-            }
-            Ticket::HalfOpen => {
-                self.half_open_in_flight.fetch_sub(1, Ordering::AcqRel);
-                if self.state() != CircuitState::HalfOpen {
-                    return None;
-                }
-                if failure {
-                    self.opened_at_ms.store(now_ms, Ordering::Relaxed);
-                    return self
-                        .transition(CircuitState::HalfOpen, CircuitState::Open)
-                        .then_some(CircuitState::Open);
-                }
-                let ok = self.half_open_successes.fetch_add(1, Ordering::AcqRel) + 1;
-                if ok >= self.policy.half_open_requests
-                    && self.transition(CircuitState::HalfOpen, CircuitState::Closed)
-                {
-                    return Some(CircuitState::Closed);
-                }
-                None
-            }
+        let (generation, state) = self.load();
+        if ticket.generation != generation {
+            // Started before a state change: that window and those permits are gone.
+            return None;
         }
+        if ticket.half_open {
+            self.half_open_in_flight.fetch_sub(1, Ordering::AcqRel);
+            if state != CircuitState::HalfOpen {
+                return None;
+            }
+            if failure {
+                self.opened_at_ms.store(now_ms, Ordering::Relaxed);
+                return self
+                    .transition(generation, CircuitState::HalfOpen, CircuitState::Open)
+                    .map(|_| CircuitState::Open);
+            }
+            let ok = self.half_open_successes.fetch_add(1, Ordering::AcqRel) + 1;
+            if ok >= self.policy.half_open_requests {
+                return self
+                    .transition(generation, CircuitState::HalfOpen, CircuitState::Closed)
+                    .map(|_| CircuitState::Closed);
+            }
+            return None;
+        }
+        if state != CircuitState::Closed {
+            return None;
+        }
+        self.window.add(now_ms, 1, u64::from(failure));
+        let (total, failures) = self.window.sum(now_ms);
+        let ratio = failures as f64 / total.max(1) as f64;
+        if total >= u64::from(self.policy.min_requests) && ratio >= self.policy.error_ratio {
+            self.opened_at_ms.store(now_ms, Ordering::Relaxed);
+            return self
+                .transition(generation, CircuitState::Closed, CircuitState::Open)
+                .map(|_| CircuitState::Open);
+        }
+        None
     }
 
-    /// A permit taken but not used (nothing was sent).
+    /// A permit taken but not used (nothing was sent, or the request was cancelled).
     pub fn release(&self, ticket: Ticket) {
-        if ticket == Ticket::HalfOpen {
+        if ticket.half_open && self.load().0 == ticket.generation {
             self.half_open_in_flight.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
-    fn transition(&self, from: CircuitState, to: CircuitState) -> bool {
-        let ok = self
-            .state
-            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
-        if ok {
-            self.window.clear();
-            self.half_open_successes.store(0, Ordering::Relaxed);
-            if to != CircuitState::HalfOpen {
-                self.half_open_in_flight.store(0, Ordering::Relaxed);
-            }
-            self.gauge.set(to as i64);
-        }
-        ok
+    /// Move from `from` (in `generation`) to `to`; returns the new generation if this call did.
+    fn transition(&self, generation: u64, from: CircuitState, to: CircuitState) -> Option<u64> {
+        let old = (generation << STATE_BITS) | from as u64;
+        let next_generation = generation + 1;
+        // Reset what the new state counts before it is published.
+        self.window.clear();
+        self.half_open_successes.store(0, Ordering::Relaxed);
+        self.half_open_in_flight.store(0, Ordering::Relaxed);
+        let new = (next_generation << STATE_BITS) | to as u64;
+        self.word
+            .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        self.gauge.set(to as i64);
+        Some(next_generation)
     }
 }
 
@@ -219,6 +245,7 @@ mod tests {
         assert_eq!(b.state(), CircuitState::Closed);
         assert_eq!(send(&b, true, 1010), Some(CircuitState::Open));
         assert_eq!(b.gauge.get(), 1);
+        assert!(b.acquire(1011).0.is_none());
         // At exactly the ratio it opens too: 5 failures of 10.
         let b = breaker();
         for i in 0..9 {
@@ -234,14 +261,60 @@ mod tests {
             send(&b, i % 3 == 0, 1000 + i);
         }
         assert_eq!(b.state(), CircuitState::Closed);
+        let b = breaker();
+        // 9 failures: one short of min_requests...
         for i in 0..9 {
             send(&b, true, 1000 + i);
         }
-        // 15 s later the failures are out of the window.
+        // ... and 15 s later they are out of the window: 1 failure in 10 keeps it closed
+        // (10 of 19 would have opened it, had they still counted).
         for i in 0..10 {
             assert_eq!(send(&b, i == 0, 16_000 + i), None);
         }
         assert_eq!(b.state(), CircuitState::Closed);
+    }
+
+    #[test]
+    fn concurrent_half_open_failures_cannot_wedge_it() {
+        let b = breaker();
+        for i in 0..10 {
+            send(&b, true, 1000 + i);
+        }
+        let (t1, _) = b.acquire(7000);
+        let (t2, _) = b.acquire(7000);
+        // The first failure re-opens; the second, from the same half-open period, is stale.
+        assert_eq!(b.record(t1.unwrap(), true, 7001), Some(CircuitState::Open));
+        assert_eq!(b.record(t2.unwrap(), true, 7002), None);
+        // The next half-open period has all its permits.
+        for _ in 0..3 {
+            assert!(b.acquire(13_000).0.is_some());
+        }
+        assert!(b.acquire(13_000).0.is_none());
+    }
+
+    #[test]
+    fn released_permits_come_back_and_stale_ones_are_ignored() {
+        let b = breaker();
+        for i in 0..10 {
+            send(&b, true, 1000 + i);
+        }
+        let (t, _) = b.acquire(7000);
+        let t = t.unwrap();
+        let others: Vec<_> = (0..2).map(|_| b.acquire(7000).0.unwrap()).collect();
+        assert!(b.acquire(7000).0.is_none());
+        b.release(t);
+        assert!(
+            b.acquire(7000).0.is_some(),
+            "a cancelled request gives its permit back"
+        );
+        // A closed-state ticket from before a cycle does not feed the new window.
+        let b2 = breaker();
+        let (old, _) = b2.acquire(1000);
+        for i in 0..10 {
+            send(&b2, true, 1000 + i);
+        }
+        assert_eq!(b2.record(old.unwrap(), true, 1100), None);
+        drop(others);
     }
 
     #[test]
