@@ -25,9 +25,9 @@ pub fn explain(rt: &Runtime, query: Option<&str>) -> Result<Value, String> {
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let k = percent_decode_str(k).decode_utf8_lossy().into_owned();
-        let v = percent_decode_str(&v.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned();
+        // Percent-decoding only: '+' stays '+', as in the `query.NAME` keys the gateway
+        // reads (base64 keys keep their '+').
+        let v = percent_decode_str(v).decode_utf8_lossy().into_owned();
         match k.as_str() {
             "method" => {
                 method =
@@ -137,15 +137,16 @@ pub fn explain(rt: &Runtime, query: Option<&str>) -> Result<Value, String> {
     let loc = built.algo.locate(hash);
     out["slot"] = json!(loc.slot);
     out["ring_point"] = json!(loc.ring_point);
-    // The balancer's order of choices for this key, over the shards that are up.
+    // The balancer's order of choices for this key, over the shards that are up: one walk in
+    // which every target is refused, so the balancer asks each in its order of preference.
     let mut order: Vec<usize> = Vec::new();
     let ctx = PickCtx::hashed(Some(hash));
-    while let Some(t) = built
-        .algo
-        .pick(&ctx, &mut |t| !order.contains(&t) && up.shards[t].is_up())
-    {
-        order.push(t);
-    }
+    let _ = built.algo.pick(&ctx, &mut |t| {
+        if !order.contains(&t) && up.shards[t].is_up() {
+            order.push(t);
+        }
+        false
+    });
     match order.first() {
         Some(&t) => {
             let shard = &up.shards[t];

@@ -512,6 +512,57 @@ upstream = "u"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_steers_concurrent_load_away_from_a_slow_target() {
+    let fast1 = backend("fast1").await;
+    let fast2 = backend("fast2").await;
+    let slow = backend("slow").await;
+    slow.state.set_faults(None, Some(150));
+    let gw = Gateway::start(&format!(
+        r#"
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[upstreams.u]
+balancer = "least_request"
+targets = [{{ addr = "{}", id = "fast1" }}, {{ addr = "{}", id = "fast2" }}, {{ addr = "{}", id = "slow" }}]
+
+[[routes]]
+name = "r"
+upstream = "u"
+"#,
+        fast1.addr, fast2.addr, slow.addr
+    ));
+    let addr = gw.addr("http");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let mut conn = H1::connect(addr).await;
+            for _ in 0..25 {
+                let res = conn
+                    .send(request("GET", "/", &[], Bytes::new()))
+                    .await
+                    .unwrap();
+                assert_eq!(res.status, StatusCode::OK);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (f1, f2, s) = (
+        fast1.state.requests(),
+        fast2.state.requests(),
+        slow.state.requests(),
+    );
+    assert_eq!(f1 + f2 + s, 200);
+    // Round robin would send it a third (67); with requests piling up there, the power of
+    // two choices sends it only what arrives while it is idle.
+    assert!(s < 20, "slow target got {s} of 200 (fast: {f1}, {f2})");
+    assert!(f1 > 50 && f2 > 50, "fast: {f1}, {f2}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_says_where_a_key_goes_and_why() {
     let (_dir, bin) = ketama_reference();
     let servers: Vec<(String, u16, u32)> = (0..5)

@@ -15,7 +15,7 @@
 
 use md5::{Digest, Md5};
 
-use super::{Balance, Location, PickCtx};
+use super::{Balance, Location, PickCtx, TargetSet};
 
 #[derive(Debug)]
 pub struct Ketama {
@@ -23,6 +23,8 @@ pub struct Ketama {
     points: Vec<u32>,
     /// The target of each point.
     owners: Vec<u32>,
+    /// How many targets own points.
+    targets: usize,
 }
 
 /// How many MD5 digests (4 points each) target `weight` of `total` gets among `n` targets.
@@ -61,6 +63,7 @@ impl Ketama {
         Self {
             points: ring.iter().map(|p| p.0).collect(),
             owners: ring.iter().map(|p| p.1).collect(),
+            targets: n,
         }
     }
 
@@ -154,18 +157,21 @@ impl Balance for Ketama {
         let hash = ctx.hash.map_or_else(|| fastrand::u32(..), |h| h as u32);
         let start = self.first_point(hash);
         let len = self.points.len();
-        // Walk the ring from there; a rejected target's points are skipped. Each target is
-        // asked once.
-        let mut last_rejected = u32::MAX;
+        // Walk the ring from there; a refused target's points are skipped. Each target is
+        // asked once; once all have refused, stop.
+        let mut refused = TargetSet::new(self.targets);
         for step in 0..len {
-            let owner = self.owners[(start + step) % len];
-            if owner == last_rejected {
+            let owner = self.owners[(start + step) % len] as usize;
+            if refused.contains(owner) {
                 continue;
             }
-            if accept(owner as usize) {
-                return Some(owner as usize);
+            if accept(owner) {
+                return Some(owner);
             }
-            last_rejected = owner;
+            refused.insert(owner);
+            if refused.len() == self.targets {
+                break;
+            }
         }
         None
     }

@@ -109,7 +109,8 @@ fn cookie_value<'a>(parts: &'a Parts, name: &str) -> Option<&'a [u8]> {
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
         .find_map(|pair| {
-            let pair = pair.trim_ascii();
+            // The space after ';' is separator; the value is kept as sent.
+            let pair = pair.trim_ascii_start();
             let eq = pair.iter().position(|&b| b == b'=')?;
             (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
         })

@@ -9,12 +9,16 @@
 //! (the permutations then visit every slot); by default the smallest prime ≥ max(65537,
 //! 100 × targets). The table is built when the up set changes, off the request path.
 
-use super::{xxh3, Balance, Location, PickCtx};
+use super::{xxh3, Balance, Location, PickCtx, TargetSet};
 
 #[derive(Debug)]
 pub struct Maglev {
     /// Target index per table entry; empty when no target is up.
     table: Box<[u32]>,
+    /// How many targets are configured (the index range).
+    configured: usize,
+    /// How many of them have entries in the table.
+    targets: usize,
 }
 
 /// The smallest prime ≥ max(65537, 100 × targets).
@@ -63,6 +67,8 @@ impl Maglev {
         if members.is_empty() || size < 2 {
             return Self {
                 table: Box::new([]),
+                configured: ids.len(),
+                targets: 0,
             };
         }
         let mut table = vec![u32::MAX; size];
@@ -86,6 +92,8 @@ impl Maglev {
         }
         Self {
             table: table.into_boxed_slice(),
+            configured: ids.len(),
+            targets: members.len(),
         }
     }
 
@@ -102,17 +110,21 @@ impl Balance for Maglev {
         }
         let start = (ctx.hash.unwrap_or_else(|| fastrand::u64(..)) % m as u64) as usize;
         // The table's own entry; if that target is refused (already tried, or down since the
-        // last rebuild), the next entries of the table in order, each target asked once.
-        let mut last_rejected = u32::MAX;
+        // last rebuild), the next entries of the table in order, each target asked once;
+        // once all have refused, stop.
+        let mut refused = TargetSet::new(self.configured);
         for step in 0..m {
-            let t = self.table[(start + step) % m];
-            if t == last_rejected {
+            let t = self.table[(start + step) % m] as usize;
+            if refused.contains(t) {
                 continue;
             }
-            if accept(t as usize) {
-                return Some(t as usize);
+            if accept(t) {
+                return Some(t);
             }
-            last_rejected = t;
+            refused.insert(t);
+            if refused.len() == self.targets {
+                break;
+            }
         }
         None
     }

@@ -182,6 +182,62 @@ pub fn build(
     }
 }
 
+/// A set of target indices, without allocating for up to 128 targets: the targets a pick has
+/// refused, or the shards a request has tried.
+#[derive(Debug)]
+pub struct TargetSet {
+    small: u128,
+    large: Vec<bool>,
+    len: usize,
+}
+
+impl TargetSet {
+    /// An empty set over `n` targets.
+    pub fn new(n: usize) -> Self {
+        Self {
+            small: 0,
+            large: if n > 128 { vec![false; n] } else { Vec::new() },
+            len: 0,
+        }
+    }
+
+    pub fn contains(&self, i: usize) -> bool {
+        if self.large.is_empty() {
+            i < 128 && self.small & (1 << i) != 0
+        } else {
+            self.large.get(i).copied().unwrap_or(false)
+        }
+    }
+
+    /// Add `i`; `true` if it was not there.
+    pub fn insert(&mut self, i: usize) -> bool {
+        if self.contains(i) {
+            return false;
+        }
+        if self.large.is_empty() {
+            if i >= 128 {
+                return false;
+            }
+            self.small |= 1 << i;
+        } else if let Some(slot) = self.large.get_mut(i) {
+            *slot = true;
+        } else {
+            return false;
+        }
+        self.len += 1;
+        true
+    }
+
+    /// How many targets are in the set.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// A uniformly random index among those `accept` takes (and not `exclude`): a few random
 /// draws first (exactly uniform over the accepted set), then an exact count if most are
 /// rejected. No allocation.

@@ -140,31 +140,54 @@ impl Endpoint {
     }
 
     /// Ask the circuit for permission to send: `Err` means fail fast (nothing counted).
-    pub fn admit(&self, now_ms: u64) -> Result<Option<Ticket>, Option<CircuitState>> {
+    pub fn admit(&self, now_ms: u64) -> Result<Permit<'_>, Option<CircuitState>> {
         match &self.breaker {
-            None => Ok(None),
+            None => Ok(Permit {
+                endpoint: self,
+                ticket: None,
+            }),
             Some(b) => match b.acquire(now_ms) {
-                (Some(t), _) => Ok(Some(t)),
+                (Some(t), _) => Ok(Permit {
+                    endpoint: self,
+                    ticket: Some(t),
+                }),
                 (None, moved) => Err(moved),
             },
         }
     }
+}
 
-    /// Record how a request went: feeds the breaker and outlier detection. A failure is a
+/// Permission to send one request to an endpoint. Recording the result uses it up; dropped
+/// unused (nothing sent, or the request was cancelled mid-way) it is given back, so a
+/// half-open circuit never loses its probe slots to requests that went away.
+#[derive(Debug)]
+#[must_use]
+pub struct Permit<'a> {
+    endpoint: &'a Endpoint,
+    ticket: Option<Ticket>,
+}
+
+impl Permit<'_> {
+    /// Record how the request went: feeds the breaker and outlier detection. A failure is a
     /// 5xx, a connect error, a reset or a timeout; a 4xx is a success.
-    pub fn record(&self, ticket: Option<Ticket>, failure: bool, now_ms: u64) -> Recorded {
+    pub fn record(mut self, failure: bool, now_ms: u64) -> Recorded {
+        let ep = self.endpoint;
         Recorded {
-            circuit: match (ticket, &self.breaker) {
+            circuit: match (self.ticket.take(), &ep.breaker) {
                 (Some(t), Some(b)) => b.record(t, failure, now_ms),
                 _ => None,
             },
-            wants_ejection: self.outlier.as_ref().is_some_and(|o| o.record(failure)),
+            wants_ejection: ep
+                .outlier
+                .as_ref()
+                .is_some_and(|o| o.record(failure, now_ms)),
         }
     }
+}
 
-    /// Give back a permit that was not used (the request went elsewhere).
-    pub fn release(&self, ticket: Option<Ticket>) {
-        if let (Some(t), Some(b)) = (ticket, &self.breaker) {
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if let (Some(t), Some(b)) = (self.ticket.take(), &self.endpoint.breaker) {
             b.release(t);
         }
     }

@@ -41,8 +41,12 @@ impl Outlier {
     }
 
     /// Record a result; `true` when this failure reaches the threshold (the caller ejects if
-    /// the upstream's cap allows).
-    pub fn record(&self, failure: bool) -> bool {
+    /// the upstream's cap allows). Results that arrive while ejected (requests sent before the
+    /// ejection) are ignored: the count starts afresh when the target comes back.
+    pub fn record(&self, failure: bool, now_ms: u64) -> bool {
+        if self.is_ejected(now_ms) {
+            return false;
+        }
         if !failure {
             self.consecutive.store(0, Ordering::Relaxed);
             return false;
@@ -84,12 +88,26 @@ mod tests {
     #[test]
     fn consecutive_failures_reach_the_threshold_and_a_success_resets_it() {
         let o = outlier();
-        assert!(!o.record(true));
-        assert!(!o.record(true));
-        assert!(!o.record(false));
-        assert!(!o.record(true));
-        assert!(!o.record(true));
-        assert!(o.record(true));
+        assert!(!o.record(true, 0));
+        assert!(!o.record(true, 0));
+        assert!(!o.record(false, 0));
+        assert!(!o.record(true, 0));
+        assert!(!o.record(true, 0));
+        assert!(o.record(true, 0));
+    }
+
+    #[test]
+    fn results_that_arrive_while_ejected_are_ignored() {
+        let o = outlier();
+        let until = o.eject(1_000);
+        // Late failures of requests sent before the ejection neither count nor re-eject.
+        for _ in 0..10 {
+            assert!(!o.record(true, 2_000));
+        }
+        // Back in: the count starts from zero.
+        assert!(!o.record(true, until));
+        assert!(!o.record(true, until));
+        assert!(o.record(true, until));
     }
 
     #[test]

@@ -48,6 +48,25 @@ impl Rolling {
         }
     }
 
+    /// Take back `a` and `b` counted at `now_ms` (an undo of `add`; saturates at zero, and
+    /// does nothing once that bucket has rolled over).
+    pub fn sub(&self, now_ms: u64, a: u64, b: u64) {
+        let epoch = now_ms / self.bucket_ms;
+        let slot = &self.buckets[(epoch % BUCKETS as u64) as usize];
+        let mut cur = slot.load(Ordering::Relaxed);
+        loop {
+            let (e, ca, cb) = unpack(cur);
+            if e != epoch & epoch_mask() {
+                return;
+            }
+            let next = pack(epoch, ca.saturating_sub(a), cb.saturating_sub(b));
+            match slot.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
     /// Totals of both counters over the window ending at `now_ms`.
     pub fn sum(&self, now_ms: u64) -> (u64, u64) {
         let epoch = now_ms / self.bucket_ms;

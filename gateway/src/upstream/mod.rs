@@ -181,16 +181,19 @@ impl UpstreamRt {
     }
 
     /// Whether the retry budget allows one more retry; counts it if so. A retry is allowed
-    /// while retries in the last 10 s < max(3, budget × requests in the last 10 s).
+    /// while retries in the last 10 s (this one included) ≤ max(3, budget × requests in the
+    /// last 10 s). The retry is counted first and taken back if over, so concurrent requests
+    /// cannot all pass the check before any of them counts.
     pub fn take_retry(&self, budget: f64) -> bool {
         let now = clock::now_ms();
+        self.retry_window.add(now, 0, 1);
         let (requests, retries) = self.retry_window.sum(now);
         let allowed = (budget * requests as f64).max(3.0);
-        if (retries as f64) < allowed {
-            self.retry_window.add(now, 0, 1);
+        if retries as f64 <= allowed {
             self.metrics.retries.inc();
             true
         } else {
+            self.retry_window.sub(now, 0, 1);
             self.metrics.budget_exhausted.inc();
             false
         }

@@ -30,13 +30,12 @@ use tower::Service;
 
 use super::pool::Sender;
 use super::{forward, InFlightGuard, UpstreamRt};
-use crate::balance::PickCtx;
+use crate::balance::{PickCtx, TargetSet};
 use crate::body::{caused_by, BodyProgress, BodyTooLarge, ClientBodyError, ReqBody, ResBody};
 use crate::clock;
 use crate::config::{Fallback, RetryPolicy};
 use crate::edge::ConnInfo;
-use crate::endpoint::breaker::Ticket;
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, Permit};
 use crate::error::GatewayError;
 use crate::policy::observe::ClientIp;
 use crate::route::rewrite::OriginalPath;
@@ -80,35 +79,6 @@ impl Service<Request<ReqBody>> for Forward {
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         Box::pin(forward(self.cfg.clone(), req))
-    }
-}
-
-/// Which shards a request has tried, without allocating for upstreams of up to 128 targets.
-struct Tried {
-    small: u128,
-    large: Vec<bool>,
-}
-
-impl Tried {
-    fn new(n: usize) -> Self {
-        Self {
-            small: 0,
-            large: if n > 128 { vec![false; n] } else { Vec::new() },
-        }
-    }
-    fn contains(&self, i: usize) -> bool {
-        if self.large.is_empty() {
-            self.small & (1 << i) != 0
-        } else {
-            self.large[i]
-        }
-    }
-    fn insert(&mut self, i: usize) {
-        if self.large.is_empty() {
-            self.small |= 1 << i;
-        } else {
-            self.large[i] = true;
-        }
     }
 }
 
@@ -241,31 +211,43 @@ async fn forward(
     };
     up.count_request();
 
-    let mut tried = Tried::new(up.shards.len());
+    let mut tried = TargetSet::new(up.shards.len());
+    // Endpoints this request could not send to (connect error, or circuit full): not asked
+    // again, so a dead endpoint costs one connect attempt per request, never a storm.
+    let mut unusable: Vec<&Arc<Endpoint>> = Vec::new();
     let mut retries_left = retry.map_or(0, |r| r.attempts);
     let mut last_connect_error = None;
     let mut last_result: Option<Result<Response<ResBody>, GatewayError>> = None;
     let load = |i: usize| up.shards[i].serving().map_or(0, |e| e.in_flight());
     loop {
         if timing.expired() {
-            return last_result.unwrap_or(Err(GatewayError::UpstreamTimeout));
+            return match last_result {
+                Some(r) => finish(r, admission),
+                None => Err(GatewayError::UpstreamTimeout),
+            };
         }
         let pick = {
+            let usable = |i: usize| {
+                up.shards[i]
+                    .endpoints
+                    .iter()
+                    .any(|e| e.is_up() && !unusable.iter().any(|u| Arc::ptr_eq(u, e)))
+            };
             let ctx = PickCtx { hash, load: &load };
             let built = up.balancer.load();
             let fresh = built
                 .algo
-                .pick(&ctx, &mut |i| !tried.contains(i) && up.shards[i].is_up());
+                .pick(&ctx, &mut |i| !tried.contains(i) && usable(i));
             // A retry goes to a target not tried yet; when none is up, to one already tried.
             fresh.or_else(|| {
                 last_result
                     .as_ref()
-                    .and_then(|_| built.algo.pick(&ctx, &mut |i| up.shards[i].is_up()))
+                    .and_then(|_| built.algo.pick(&ctx, &mut |i| usable(i)))
             })
         };
         let Some(i) = pick else {
             if let Some(r) = last_result {
-                return r;
+                return finish(r, admission);
             }
             return match (&cfg.fallback, last_connect_error) {
                 (Some(f), _) => Ok(degraded(f)),
@@ -277,7 +259,10 @@ async fn forward(
 
         // The shard's endpoints in order: its primary, then its backups, each usable one once.
         let mut result = None;
-        for ep in up.shards[i].endpoints.iter().filter(|e| e.is_up()) {
+        for ep in &up.shards[i].endpoints {
+            if !ep.is_up() || unusable.iter().any(|u| Arc::ptr_eq(u, ep)) {
+                continue;
+            }
             let Some(attempt) = req.take() else { break };
             match send(up, ep, attempt, &timing).await {
                 Attempt::Done(r) => {
@@ -286,6 +271,7 @@ async fn forward(
                 }
                 Attempt::NotSent(back, why) => {
                     req = Some(back);
+                    unusable.push(ep);
                     if let Some(e) = why {
                         tracing::debug!(upstream = %up.name, target = %ep.id, error = %e, "connect failed; trying the next endpoint");
                         last_connect_error = Some(e);
@@ -301,7 +287,10 @@ async fn forward(
         }
         let Some(result) = result else {
             if req.is_none() {
-                return last_result.unwrap_or(Err(GatewayError::NoTarget));
+                return match last_result {
+                    Some(r) => finish(r, admission),
+                    None => Err(GatewayError::NoTarget),
+                };
             }
             // Nothing could be sent to this shard: the balancer's next choice.
             continue;
@@ -357,8 +346,8 @@ enum Attempt {
 }
 
 /// Feed a result to the endpoint's breaker and outlier detection, and act on what changed.
-fn record(up: &UpstreamRt, ep: &Endpoint, ticket: Option<Ticket>, failure: bool) {
-    let r = ep.record(ticket, failure, clock::now_ms());
+fn record(up: &UpstreamRt, ep: &Endpoint, permit: Permit<'_>, failure: bool) {
+    let r = permit.record(failure, clock::now_ms());
     if let Some(state) = r.circuit {
         tracing::warn!(upstream = %up.name, target = %ep.id, circuit = state.as_str(), "circuit breaker changed state");
         up.changed();
@@ -374,8 +363,8 @@ async fn send(
     mut req: Request<ReqBody>,
     timing: &Timing,
 ) -> Attempt {
-    let ticket = match ep.admit(clock::now_ms()) {
-        Ok(t) => t,
+    let permit = match ep.admit(clock::now_ms()) {
+        Ok(p) => p,
         Err(moved) => {
             if moved.is_some() {
                 up.changed();
@@ -388,7 +377,6 @@ async fn send(
             Some(s) => (s, true),
             None => {
                 let Some(_pending) = up.enter_pending() else {
-                    ep.release(ticket);
                     return Attempt::Overloaded;
                 };
                 let connect_timeout = up.config.connect_timeout;
@@ -400,7 +388,7 @@ async fn send(
                     Ok(s) => (s, false),
                     Err(e) => {
                         ep.metrics.connect_error.inc();
-                        record(up, ep, ticket, true);
+                        record(up, ep, permit, true);
                         return Attempt::NotSent(req, Some(e));
                     }
                 }
@@ -434,7 +422,7 @@ async fn send(
         return match outcome {
             None => {
                 ep.metrics.timeout.inc();
-                record(up, ep, ticket, true);
+                record(up, ep, permit, true);
                 Attempt::Done(Err(GatewayError::UpstreamTimeout))
             }
             Some(Ok(res)) => {
@@ -445,7 +433,7 @@ async fn send(
                 } else {
                     ep.metrics.ok.inc();
                 }
-                record(up, ep, ticket, failure);
+                record(up, ep, permit, failure);
                 let (mut parts, body) = res.into_parts();
                 forward::strip_hop_by_hop(&mut parts.headers);
                 let body = UpstreamBody {
@@ -466,20 +454,18 @@ async fn send(
                         continue;
                     }
                     ep.metrics.connect_error.inc();
-                    record(up, ep, ticket, true);
+                    record(up, ep, permit, true);
                     return Attempt::NotSent(req, Some(io::Error::other(e.into_error())));
                 }
                 let err = e.into_error();
                 if caused_by::<BodyTooLarge>(&err) {
-                    ep.release(ticket);
                     return Attempt::Done(Err(GatewayError::BodyTooLarge));
                 }
                 if caused_by::<ClientBodyError>(&err) {
-                    ep.release(ticket);
                     return Attempt::Done(Err(GatewayError::ClientGone));
                 }
                 ep.metrics.reset.inc();
-                record(up, ep, ticket, true);
+                record(up, ep, permit, true);
                 Attempt::Done(Err(GatewayError::Upstream(err)))
             }
         };
