@@ -90,6 +90,7 @@ impl Runtime {
                     name: l.name.clone(),
                     https: l.tls.is_some(),
                     redirect_https: l.redirect_https,
+                    proxy_protocol: l.proxy_protocol,
                 }),
                 metrics: metrics.listener(&l.name, l.tls.is_some()),
                 tls,

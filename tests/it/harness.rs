@@ -365,3 +365,33 @@ impl Drop for Proc {
         let _ = self.0.wait();
     }
 }
+
+/// Make sure a Python module a reference script needs is importable (pip, as root; `.ci/run`
+/// does it up front).
+pub fn require_python_module(module: &str, pip_name: &str) {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let importable = || {
+        Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if importable() {
+        return;
+    }
+    require_tool("python3", "python3");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "python3 -m pip --version >/dev/null 2>&1 || ((apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip); python3 -m pip install -q --break-system-packages {pip_name} || python3 -m pip install -q {pip_name}"
+        ))
+        .status()
+        .expect("run pip");
+    assert!(
+        status.success() && importable(),
+        "could not install the Python package {pip_name}; run .ci/run as root"
+    );
+}

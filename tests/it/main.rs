@@ -10,6 +10,7 @@ mod balance;
 mod check;
 mod demo;
 mod edge;
+mod integrity;
 mod proxy;
 mod resilience;
 mod security;

@@ -72,6 +72,8 @@ pub struct Listener {
     pub listen: SocketAddr,
     pub tls: Option<Tls>,
     pub redirect_https: Option<u16>,
+    /// Every connection starts with a PROXY v1/v2 header (believed from `trusted_proxies`).
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug)]

@@ -24,7 +24,6 @@ use crate::balance::key::KeySpec;
 use crate::balance::SLOT_COUNT;
 
 /// Which issue builds a feature whose keys already parse; named in "not supported yet" errors.
-const ISSUE_SECURITY: &str = "security, issue #5";
 const ISSUE_RATE_LIMITS: &str = "rate limiting, issue #6";
 const ISSUE_OPERATIONS: &str = "operations, issue #7";
 
@@ -244,7 +243,7 @@ impl Validator<'_> {
     fn file(&mut self, f: &file::File) -> Config {
         let server = self.server(&f.server);
         let admin = f.admin.as_ref().map(|a| self.admin(a));
-        let listeners = self.listeners(&f.listeners);
+        let listeners = self.listeners(&f.listeners, server.trusted_proxies.is_empty());
         if let (Some(a), Some(af)) = (&admin, &f.admin) {
             if a.listen.port() != 0 {
                 if let Some(l) = listeners.iter().find(|l| l.listen == a.listen) {
@@ -327,7 +326,11 @@ impl Validator<'_> {
         Admin { listen, token }
     }
 
-    fn listeners(&mut self, list: &[Spanned<file::ListenerFile>]) -> Vec<Listener> {
+    fn listeners(
+        &mut self,
+        list: &[Spanned<file::ListenerFile>],
+        no_trusted_proxies: bool,
+    ) -> Vec<Listener> {
         let mut out = Vec::new();
         let mut names: HashMap<&str, ()> = HashMap::new();
         let mut addrs: HashMap<SocketAddr, String> = HashMap::new();
@@ -360,10 +363,12 @@ impl Validator<'_> {
                     }
                 }
             }
-            if let Some(pp) = &lf.proxy_protocol {
-                if *pp.get_ref() {
-                    self.not_supported(pp.span(), "proxy_protocol", ISSUE_SECURITY);
-                }
+            let proxy_protocol = lf.proxy_protocol.as_ref().is_some_and(|pp| *pp.get_ref());
+            if let (Some(pp), true) = (&lf.proxy_protocol, proxy_protocol && no_trusted_proxies) {
+                self.warn(
+                    pp.span(),
+                    "proxy_protocol is on but [server] trusted_proxies is empty: every connection must send a PROXY header, and none is believed (the TCP peer stays the client address)",
+                );
             }
             let tls = lf.tls.as_ref().map(|t| self.tls(t));
             let redirect_https = lf.redirect_https.as_ref().map(|r| {
@@ -381,6 +386,7 @@ impl Validator<'_> {
                     listen,
                     tls,
                     redirect_https,
+                    proxy_protocol,
                 });
             }
         }

@@ -22,11 +22,13 @@ use tower::util::Oneshot;
 use tower::ServiceExt;
 
 use super::io::{ConnState, EdgeIo};
+use super::proxy_protocol;
 use super::{ConnInfo, Shared};
 use crate::body::ReqBody;
 use crate::config::Limits;
 use crate::policy::observe::ObservedBody;
 use crate::runtime::{EdgeService, ListenerRt};
+use crate::upstream::forward::is_trusted;
 
 /// After a graceful close starts (GOAWAY, or keep-alive off), an idle connection gets this
 /// long to finish before it is dropped: a peer that never acknowledges cannot hold it open.
@@ -34,8 +36,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 /// Serve one accepted connection until it closes, idles out, stalls or is drained.
 pub async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: TcpStream,
+    tcp_peer: SocketAddr,
     listener: Arc<ListenerRt>,
     shared: Arc<Shared>,
 ) {
@@ -45,11 +47,51 @@ pub async fn serve(
         .with_time(Duration::from_secs(60))
         .with_interval(Duration::from_secs(10));
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-    let limits = shared.runtime.load().config.limits.clone();
+    let (limits, peer) = {
+        let rt = shared.runtime.load();
+        let limits = rt.config.limits.clone();
+        let mut peer = tcp_peer;
+        if listener.info.proxy_protocol {
+            let header =
+                tokio::time::timeout(limits.header_timeout, proxy_protocol::read(&mut stream));
+            match header.await {
+                Ok(Ok(Ok(proxy_protocol::Header::Proxied { source, .. }))) => {
+                    if is_trusted(tcp_peer.ip(), &rt.config.server.trusted_proxies) {
+                        peer = source;
+                    } else {
+                        tracing::debug!(peer = %tcp_peer, claimed = %source, listener = %listener.info.name, "PROXY header from a peer not in trusted_proxies: ignored");
+                    }
+                }
+                Ok(Ok(Ok(proxy_protocol::Header::Local))) => {}
+                Ok(Ok(Err(e))) => {
+                    tracing::info!(peer = %tcp_peer, listener = %listener.info.name, error = %e, "closing connection");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %tcp_peer, listener = %listener.info.name, error = %e, "connection closed before its PROXY header");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(peer = %tcp_peer, listener = %listener.info.name, "no PROXY header within header_timeout: closing connection");
+                    return;
+                }
+            }
+        }
+        (limits, peer)
+    };
     let state = Arc::new(ConnState::new());
 
     let Some(acceptor) = &listener.tls else {
-        serve_stream(stream, false, peer, &listener, state, &limits, shared).await;
+        serve_stream(
+            stream,
+            false,
+            (peer, tcp_peer),
+            &listener,
+            state,
+            &limits,
+            shared,
+        )
+        .await;
         return;
     };
     let metrics = &listener.metrics;
@@ -76,13 +118,13 @@ pub async fn serve(
         }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    serve_stream(tls, h2, peer, &listener, state, &limits, shared).await;
+    serve_stream(tls, h2, (peer, tcp_peer), &listener, state, &limits, shared).await;
 }
 
 async fn serve_stream<T>(
     stream: T,
     h2: bool,
-    peer: SocketAddr,
+    (peer, tcp_peer): (SocketAddr, SocketAddr),
     listener: &ListenerRt,
     state: Arc<ConnState>,
     limits: &Limits,
@@ -100,7 +142,7 @@ async fn serve_stream<T>(
     );
     let svc = EdgeAdapter {
         shared: shared.clone(),
-        info: Arc::new(ConnInfo::new(peer, listener.info.clone(), h2)),
+        info: Arc::new(ConnInfo::new(peer, tcp_peer, listener.info.clone(), h2)),
         state: state.clone(),
     };
     if h2 {

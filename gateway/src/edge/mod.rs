@@ -5,6 +5,7 @@
 pub mod conn;
 pub mod h1;
 pub mod io;
+pub mod proxy_protocol;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -24,7 +25,10 @@ use crate::runtime::Runtime;
 /// What every request of a connection knows about where it came in.
 #[derive(Debug)]
 pub struct ConnInfo {
+    /// The client: the TCP peer, or the source a trusted PROXY header gave.
     pub peer: SocketAddr,
+    /// The TCP peer (the balancer, when a PROXY header was believed).
+    pub tcp_peer: SocketAddr,
     /// The peer's address as a header value, made once per connection for `x-forwarded-for`.
     pub peer_header: http::HeaderValue,
     pub listener: Arc<ListenerInfo>,
@@ -32,10 +36,16 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, listener: Arc<ListenerInfo>, h2: bool) -> Self {
+    pub fn new(
+        peer: SocketAddr,
+        tcp_peer: SocketAddr,
+        listener: Arc<ListenerInfo>,
+        h2: bool,
+    ) -> Self {
         let ip = crate::upstream::forward::canonical(peer.ip());
         Self {
             peer,
+            tcp_peer,
             peer_header: http::HeaderValue::from_str(&ip.to_string())
                 .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
             listener,
@@ -49,6 +59,7 @@ pub struct ListenerInfo {
     pub name: String,
     pub https: bool,
     pub redirect_https: Option<u16>,
+    pub proxy_protocol: bool,
 }
 
 /// State of the process that outlives config generations.
