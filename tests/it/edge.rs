@@ -1,5 +1,7 @@
 //! The edge: TLS with ALPN and SNI, limits, slowloris, error statuses, graceful drain.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -788,4 +790,79 @@ async fn a_client_that_aborts_its_upload_is_not_an_upstream_failure() {
         .all()
         .iter()
         .any(|l| l.contains("upstream failure")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_slow_connections_do_not_starve_normal_clients() {
+    const SLOW: usize = 2000;
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let b = backend("b1").await;
+    let gw = Gateway::start(&simple_config(
+        &[b.addr],
+        "\n[limits]\nheader_timeout = \"2s\"\n",
+    ));
+    let addr = gw.addr("http");
+    let stop = Arc::new(AtomicBool::new(false));
+    let cut = Arc::new(AtomicU64::new(0));
+    let mut slow = Vec::with_capacity(SLOW);
+    for i in 0..SLOW {
+        let Ok(mut s) = TcpStream::connect(addr).await else {
+            panic!("connection {i} of {SLOW} refused");
+        };
+        let (stop, cut) = (stop.clone(), cut.clone());
+        slow.push(tokio::spawn(async move {
+            // Slowloris: a head that never ends, one byte every 250 ms (at most 40 bytes).
+            let head = b"GET / HTTP/1.1\r\nhost: t\r\nx-slow: ";
+            for byte in head.iter().chain(std::iter::repeat(&b'a')).take(40) {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                if s.write_all(&[*byte]).await.is_err()
+                    || closed_within(&mut s, Duration::from_millis(250)).await
+                {
+                    cut.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }));
+    }
+    let mut open = 0;
+    for _ in 0..20 {
+        open = active_connections(&gw, "http").await;
+        if open >= SLOW as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        open >= (SLOW as i64) * 9 / 10,
+        "only {open} of {SLOW} slow connections were accepted"
+    );
+    // Meanwhile normal clients, on fresh connections, are all served.
+    let mut served = 0;
+    for _ in 0..100 {
+        let res = client::get(addr, "/").await;
+        assert_eq!(res.status, StatusCode::OK);
+        served += 1;
+    }
+    // Every slow head is cut at header_timeout (40 bytes take 10 s to trickle).
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while cut.load(Ordering::Relaxed) < SLOW as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in slow {
+        t.await.unwrap();
+    }
+    assert_eq!(cut.load(Ordering::Relaxed), SLOW as u64);
+    assert_eq!(served, 100);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while active_connections(&gw, "http").await > 0 {
+        assert!(Instant::now() < deadline, "connections left open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "2000 slowloris connections: gateway peak RSS {} KiB",
+        gw.peak_rss_kib()
+    );
 }

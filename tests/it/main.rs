@@ -10,6 +10,7 @@ mod balance;
 mod check;
 mod demo;
 mod edge;
+mod h2_abuse;
 mod integrity;
 mod proxy;
 mod resilience;

@@ -246,6 +246,13 @@ where
                 }
                 return;
             }
+            () = state.abused() => {
+                tracing::warn!(
+                    requests = state.requests(),
+                    "dropping an HTTP/2 connection that resets most of its streams before they are answered (rapid reset)"
+                );
+                return;
+            }
             changed = drain.changed(), if closing_since.is_none() => {
                 if changed.is_err() || *drain.borrow() {
                     conn.as_mut().graceful_shutdown();
@@ -331,8 +338,12 @@ pin_project_lite::pin_project! {
     impl PinnedDrop for EdgeFuture {
         fn drop(this: Pin<&mut Self>) {
             // Dropped before answering (the client went away): the response half is over.
-            if let Some(state) = this.project().state.take() {
+            let this = this.project();
+            if let Some(state) = this.state.take() {
                 state.half_done();
+                if *this.h2 {
+                    state.premature_reset();
+                }
             }
         }
     }

@@ -51,6 +51,10 @@ pub struct ConnState {
     /// The raw scan's verdict on the head being parsed (`h1::scan_head`): 0 none, else the
     /// reason's index + 1.
     head_verdict: AtomicU8,
+    /// HTTP/2 streams the client reset before they were answered.
+    premature_resets: AtomicU64,
+    /// Set once the connection looks abusive; wakes the connection's driver to drop it.
+    abusive: tokio::sync::Notify,
 }
 
 impl ConnState {
@@ -63,7 +67,29 @@ impl ConnState {
             last_io_ms: AtomicU64::new(0),
             linger: AtomicBool::new(false),
             head_verdict: AtomicU8::new(0),
+            premature_resets: AtomicU64::new(0),
+            abusive: tokio::sync::Notify::new(),
         }
+    }
+
+    /// An HTTP/2 stream was reset by the client before its response. A connection where at
+    /// least half of `PREMATURE_RESET_MIN_STREAMS` or more streams ended that way is the
+    /// "rapid reset" attack (CVE-2023-44487): each stream costs us a request, the client
+    /// nothing. Returns whether this reset made the connection abusive (then the driver drops
+    /// it), as Envoy's premature-reset check does.
+    pub fn premature_reset(&self) -> bool {
+        let resets = self.premature_resets.fetch_add(1, Ordering::Relaxed) + 1;
+        let streams = self.requests();
+        let abusive = streams >= PREMATURE_RESET_MIN_STREAMS && resets * 2 >= streams;
+        if abusive {
+            self.abusive.notify_one();
+        }
+        abusive
+    }
+
+    /// Resolves once the connection was found abusive.
+    pub async fn abused(&self) {
+        self.abusive.notified().await;
     }
 
     /// The raw scan's objection to the head just parsed, if any (taken once).
@@ -135,6 +161,9 @@ impl ConnState {
         self.linger.load(Ordering::Relaxed)
     }
 }
+
+/// Streams a connection must have opened before its share of premature resets is judged.
+pub const PREMATURE_RESET_MIN_STREAMS: u64 = 200;
 
 impl Default for ConnState {
     fn default() -> Self {
