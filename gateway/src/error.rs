@@ -42,6 +42,8 @@ pub enum GatewayError {
     Integrity(&'static str),
     #[error("client address not allowed")]
     Forbidden,
+    #[error("rate limited by policy {}", .0.policy)]
+    RateLimited(Box<crate::policy::rate_limit::Denied>),
 }
 
 /// nginx's "client closed request": logged and counted, never seen by the client.
@@ -65,6 +67,7 @@ impl GatewayError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Integrity(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -86,6 +89,7 @@ impl GatewayError {
             Self::Overloaded => "upstream overloaded",
             Self::Unauthorized(e) => e.description(),
             Self::Forbidden => "forbidden",
+            Self::RateLimited(_) => "rate limited",
         })
     }
 
@@ -106,12 +110,16 @@ impl GatewayError {
             Self::Unauthorized(e) => e.reason(),
             Self::Integrity(reason) => reason,
             Self::Forbidden => "forbidden",
+            Self::RateLimited(_) => "rate_limited",
         }
     }
 
     /// The JSON answer for this error.
     pub fn to_response(&self, request_id: &HeaderValue) -> Response<ResBody> {
         let mut res = json_error(self.status(), &self.public_message(), request_id);
+        if let Self::RateLimited(d) = self {
+            d.add_headers(res.headers_mut());
+        }
         if let Self::Unauthorized(e) = self {
             let challenge = format!(
                 "Bearer error=\"invalid_token\", error_description=\"{}\"",

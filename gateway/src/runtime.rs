@@ -18,6 +18,7 @@ use crate::policy::integrity::{IntegrityFailures, IntegrityLayer, IntegrityRt};
 use crate::policy::ip_filter::IpFilterLayer;
 use crate::policy::jwt::{AuthFailures, JwtLayer, JwtPolicyRt};
 use crate::policy::observe::RouteObs;
+use crate::policy::rate_limit::{RateLimitLayer, RateLimiterRt};
 use crate::policy::request_id::Snowflake;
 use crate::route::table::RouteTable;
 use crate::route::Router;
@@ -48,6 +49,7 @@ pub struct Runtime {
     pub edge: EdgeService,
     pub router: Router,
     pub jwt: HashMap<String, Arc<JwtPolicyRt>>,
+    pub rate_limits: HashMap<String, Arc<RateLimiterRt>>,
     pub upstreams: Vec<Arc<UpstreamRt>>,
     pub listeners: Vec<Arc<ListenerRt>>,
 }
@@ -125,6 +127,30 @@ impl Runtime {
             .map(|(n, p)| (n.clone(), Arc::new(IntegrityRt::new(p.clone()))))
             .collect();
 
+        let redis = config
+            .redis
+            .as_ref()
+            .filter(|_| {
+                config
+                    .rate_limits
+                    .values()
+                    .any(|p| p.store == crate::config::Store::Redis)
+            })
+            .and_then(crate::policy::rate_limit::redis::RedisStore::start);
+        let rate_limits: HashMap<String, Arc<RateLimiterRt>> = config
+            .rate_limits
+            .iter()
+            .map(|(n, p)| {
+                (
+                    n.clone(),
+                    Arc::new(RateLimiterRt::new(n, p.clone(), redis.as_ref(), metrics)),
+                )
+            })
+            .collect();
+        crate::policy::rate_limit::spawn_eviction(
+            &rate_limits.values().cloned().collect::<Vec<_>>(),
+        );
+
         let trusted: Arc<[IpNet]> = config.server.trusted_proxies.clone().into();
         let mut stacks = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
@@ -168,6 +194,12 @@ impl Runtime {
                     .and_then(|n| api_keys.get(n))
                     .zip(failures)
                     .map(|(p, f)| ApiKeyLayer::new(p.clone(), f)),
+                rate_limit: r
+                    .policies
+                    .rate_limit
+                    .as_ref()
+                    .and_then(|n| rate_limits.get(n))
+                    .map(|l| RateLimitLayer::new(l.clone(), &r.name, metrics)),
             };
             stacks.push(stack::route_stack(
                 obs,
@@ -199,6 +231,7 @@ impl Runtime {
             edge,
             router,
             jwt,
+            rate_limits,
             upstreams,
             listeners,
         })

@@ -4,8 +4,8 @@
 //! edge_stack:  request id → router ─┬─ route_stack (first matching route)
 //!                                   └─ fallback_stack (404, or 308 on redirect listeners)
 //! route_stack: observe (log, metrics, errors → JSON) → body limit → ip allow/deny → jwt
-//!              → api key → integrity → rewrite → upstream (balancer, endpoint, pooled
-//!              client, retries)
+//!              → api key → integrity → rate limit → rewrite → upstream (balancer,
+//!              endpoint, pooled client, retries)
 //! ```
 //! Stacks are built once per config generation (`runtime.rs`), never per request.
 
@@ -21,6 +21,7 @@ use crate::policy::integrity::IntegrityLayer;
 use crate::policy::ip_filter::IpFilterLayer;
 use crate::policy::jwt::JwtLayer;
 use crate::policy::observe::{ObserveLayer, RouteObs};
+use crate::policy::rate_limit::RateLimitLayer;
 use crate::policy::request_id::{RequestId, RequestIdLayer, Snowflake};
 use crate::route::rewrite::RewriteLayer;
 use crate::route::{Fallback, RouteService, Router};
@@ -43,6 +44,7 @@ pub struct RoutePolicies {
     pub jwt: Option<JwtLayer>,
     pub api_key: Option<ApiKeyLayer>,
     pub integrity: Option<IntegrityLayer>,
+    pub rate_limit: Option<RateLimitLayer>,
 }
 
 /// One route: its policies in order, down to its upstream.
@@ -61,6 +63,7 @@ pub fn route_stack(
         .option_layer(policies.jwt)
         .option_layer(policies.api_key)
         .option_layer(policies.integrity)
+        .option_layer(policies.rate_limit)
         .layer(RewriteLayer::new(strip_prefix, keeps_path))
         .service(Forward::new(forward));
     BoxCloneSyncService::new(svc)

@@ -793,3 +793,75 @@ fn gateway_token_mints_tokens_the_gateway_accepts() {
     let exp = data.claims["exp"].as_u64().unwrap();
     assert!(exp > now() + 500 && exp <= now() + 600);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_on_a_verified_claim_keeps_each_user_on_one_shard() {
+    let shards = [
+        backend("s0").await,
+        backend("s1").await,
+        backend("s2").await,
+    ];
+    let key = ec_key("e1", false);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jwks.json");
+    std::fs::write(&file, jwks(&[&key])).unwrap();
+    let gw = Gateway::start(&format!(
+        r#"
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[jwt.partners]
+algorithms = ["ES256"]
+jwks_file = "{}"
+issuer = "https://issuer.test"
+audiences = ["api"]
+
+[upstreams.app]
+balancer = "consistent_hash"
+hash_on = "jwt.sub"
+targets = [{{ addr = "{}", id = "s0" }}, {{ addr = "{}", id = "s1" }}, {{ addr = "{}", id = "s2" }}]
+
+[[routes]]
+name = "secure"
+upstream = "app"
+jwt = "partners"
+"#,
+        file.display(),
+        shards[0].addr,
+        shards[1].addr,
+        shards[2].addr
+    ));
+    let mut conn = H1::connect(gw.addr("http")).await;
+    let mut placement = std::collections::HashMap::new();
+    for user in 0..30 {
+        let token = sign(
+            Algorithm::ES256,
+            &key,
+            Some("e1"),
+            &claims(json!({"sub": format!("user-{user}")})),
+        );
+        // A header claiming another user changes nothing: only the verified claim counts.
+        let forged = format!("user-{}", user + 1);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..3 {
+            let res = call(&mut conn, Some(&token), &[("x-user-id", &forged)]).await;
+            assert_eq!(res.status, StatusCode::OK);
+            seen.insert(res.header("x-served-by").to_string());
+        }
+        assert_eq!(seen.len(), 1, "user-{user} moved between shards: {seen:?}");
+        placement.insert(user, seen.into_iter().next().unwrap());
+    }
+    let used: std::collections::HashSet<_> = placement.values().collect();
+    assert_eq!(used.len(), 3, "30 users all on {used:?}");
+    // The same placement as the balancer computes for the claim value itself.
+    let ring = gateway::balance::ketama::Ketama::new(&[("s0", 1), ("s1", 1), ("s2", 1)]);
+    use gateway::balance::Balance;
+    for (user, shard) in &placement {
+        let h = ring.hash_key(format!("user-{user}").as_bytes());
+        let i = ring
+            .pick(&gateway::balance::PickCtx::hashed(Some(h)), &mut |_| true)
+            .unwrap();
+        assert_eq!(&format!("s{i}"), shard, "user-{user}");
+    }
+}

@@ -5,14 +5,16 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use gateway::balance::{ketama::Ketama, slots, Balance, PickCtx};
 use http::StatusCode;
 
 use crate::client::{get, request, send, H1};
-use crate::harness::{backend, closed_port, repo_root, require_package, Gateway, Proc};
+use crate::harness::{
+    backend, closed_port, redis_server, repo_root, require_package, Gateway, Proc,
+};
 
 /// Build tests/reference/ketama_ref.c against the real libmemcached.
 fn ketama_reference() -> (tempfile::TempDir, std::path::PathBuf) {
@@ -146,36 +148,19 @@ fn fastrand_like(seed: u64) -> impl FnMut() -> u64 {
 
 /// A real redis-server in cluster mode on a loopback port.
 fn redis_cluster_node() -> (Proc, SocketAddr, tempfile::TempDir) {
-    require_package("redis-server");
     let dir = tempfile::tempdir().unwrap();
     let addr = closed_port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &addr.port().to_string(),
-            "--bind",
-            "127.0.0.1",
+    let conf = dir.path().join("nodes.conf");
+    let proc = redis_server(
+        addr,
+        dir.path(),
+        &[
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
-            dir.path().join("nodes.conf").to_str().unwrap(),
-            "--dir",
-            dir.path().to_str().unwrap(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start redis-server");
-    let proc = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            conf.to_str().unwrap(),
+        ],
+    );
     (proc, addr, dir)
 }
 

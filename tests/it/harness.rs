@@ -395,3 +395,39 @@ pub fn require_python_module(module: &str, pip_name: &str) {
         "could not install the Python package {pip_name}; run .ci/run as root"
     );
 }
+
+/// A real redis-server on `addr` (loopback), no persistence, its files in `dir`; waits until
+/// it accepts connections.
+pub fn redis_server(addr: SocketAddr, dir: &Path, extra: &[&str]) -> Proc {
+    require_package("redis-server");
+    let port = addr.port().to_string();
+    let mut args = vec![
+        "--port",
+        port.as_str(),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ];
+    args.extend_from_slice(extra);
+    let child = Command::new("redis-server")
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let proc = Proc(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    proc
+}

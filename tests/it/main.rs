@@ -13,5 +13,6 @@ mod edge;
 mod h2_abuse;
 mod integrity;
 mod proxy;
+mod rate_limit;
 mod resilience;
 mod security;

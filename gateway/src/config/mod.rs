@@ -17,7 +17,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 
-pub use file::{BalancerKind, CheckMode, OnMissingKey};
+pub use file::{BalancerKind, CheckMode, OnError, OnMissingKey, Store};
 
 use crate::balance::key::KeySpec;
 use crate::edge::tls::CertMaterial;
@@ -46,6 +46,8 @@ pub struct Config {
     pub jwt: BTreeMap<String, JwtPolicy>,
     pub api_keys: BTreeMap<String, ApiKeyPolicy>,
     pub integrity: BTreeMap<String, IntegrityPolicy>,
+    pub rate_limits: BTreeMap<String, RateLimitPolicy>,
+    pub redis: Option<RedisConfig>,
     /// The file as JSON with secrets redacted, for `GET /admin/config`.
     pub redacted: serde_json::Value,
 }
@@ -207,6 +209,39 @@ pub struct JwtPolicy {
     pub max_token_bytes: usize,
     /// (claim, header) pairs; incoming copies of these headers are always removed first.
     pub claims_to_headers: Vec<(String, HeaderName)>,
+}
+
+/// `[rate_limits.NAME]`: GCRA with an emission interval of `per / rate` and room for `burst`
+/// requests at once; one bucket per (policy, key value).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitPolicy {
+    pub key: KeySpec,
+    pub rate: u64,
+    pub per: Duration,
+    pub burst: u64,
+    pub store: Store,
+}
+
+impl RateLimitPolicy {
+    /// The time one request's token takes to come back (`per / rate`), at least 1 µs.
+    pub fn emission_interval(&self) -> Duration {
+        (self.per / self.rate.clamp(1, u64::from(u32::MAX)) as u32).max(Duration::from_micros(1))
+    }
+}
+
+/// `[redis]`: where `store = "redis"` limits live, and what happens when it is unreachable.
+#[derive(Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub on_error: OnError,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("on_error", &self.on_error)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where a JWT policy's keys come from.

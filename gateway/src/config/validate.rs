@@ -17,14 +17,13 @@ use super::units::{parse_duration, parse_size};
 use super::{
     Admin, ApiKeyPolicy, BreakerPolicy, CertSource, CheckMode, Config, Fallback, HealthCheck,
     HostMatch, IntegrityPolicy, JwtPolicy, JwtSource, Limits, Listener, Loaded, Match, Mode,
-    OutlierPolicy, RetryOn, RetryPolicy, Route, RoutePolicies, Server, Source, Target, Tls,
-    TlsVersion, Upstream,
+    OnError, OutlierPolicy, RateLimitPolicy, RedisConfig, RetryOn, RetryPolicy, Route,
+    RoutePolicies, Server, Source, Store, Target, Tls, TlsVersion, Upstream,
 };
 use crate::balance::key::KeySpec;
 use crate::balance::SLOT_COUNT;
 
 /// Which issue builds a feature whose keys already parse; named in "not supported yet" errors.
-const ISSUE_RATE_LIMITS: &str = "rate limiting, issue #6";
 const ISSUE_OPERATIONS: &str = "operations, issue #7";
 
 struct Diag {
@@ -256,7 +255,7 @@ impl Validator<'_> {
             }
         }
         let limits = self.limits(&f.limits);
-        let (jwt, api_keys, integrity) = self.policies(f);
+        let (jwt, api_keys, integrity, rate_limits, redis) = self.policies(f);
         let upstreams = self.upstreams(&f.upstreams);
         let routes = self.routes(f, &upstreams);
         Config {
@@ -270,6 +269,8 @@ impl Validator<'_> {
             jwt,
             api_keys,
             integrity,
+            rate_limits,
+            redis,
             redacted: redacted_view(f),
         }
     }
@@ -498,6 +499,8 @@ impl Validator<'_> {
         BTreeMap<String, JwtPolicy>,
         BTreeMap<String, ApiKeyPolicy>,
         BTreeMap<String, IntegrityPolicy>,
+        BTreeMap<String, RateLimitPolicy>,
+        Option<RedisConfig>,
     ) {
         let mut jwt = BTreeMap::new();
         for (name, t) in &f.jwt {
@@ -520,21 +523,81 @@ impl Validator<'_> {
                 integrity.insert(name.get_ref().clone(), p);
             }
         }
+        let mut rate_limits = BTreeMap::new();
+        let mut wants_redis = None;
         for (name, t) in &f.rate_limits {
             self.policy_name(name, "rate_limits");
             let r = t.get_ref();
-            if let Err(e) = KeySpec::parse(r.key.get_ref()) {
-                self.error(r.key.span(), e);
+            let key = match KeySpec::parse(r.key.get_ref()) {
+                Ok(KeySpec::Cookie(_) | KeySpec::Path) => {
+                    self.error(
+                        r.key.span(),
+                        "a rate limit key is ip, header.NAME, jwt.CLAIM, query.NAME or route",
+                    );
+                    None
+                }
+                Ok(k) => Some(k),
+                Err(e) => {
+                    self.error(r.key.span(), e);
+                    None
+                }
+            };
+            let rate = self.int_in(&Some(r.rate.clone()), 1, 1..=1_000_000_000, "rate") as u64;
+            let burst =
+                self.int_in(&Some(r.burst.clone()), 1, 1..=i64::from(u32::MAX), "burst") as u64;
+            let per = self.positive_duration(&Some(r.per.clone()), Duration::from_secs(1), "per");
+            let store = r.store.as_ref().map_or(Store::Local, |s| *s.get_ref());
+            if store == Store::Redis && wants_redis.is_none() {
+                wants_redis = Some(r.store.as_ref().map_or(t.span(), |s| s.span()));
             }
-            self.int_in(&Some(r.rate.clone()), 1, 1..=i64::MAX, "rate");
-            self.int_in(&Some(r.burst.clone()), 1, 1..=i64::MAX, "burst");
-            self.positive_duration(&Some(r.per.clone()), Duration::from_secs(1), "per");
-            self.not_supported(name.span(), "[rate_limits]", ISSUE_RATE_LIMITS);
+            let policy = RateLimitPolicy {
+                key: key.unwrap_or(KeySpec::Route),
+                rate,
+                per,
+                burst,
+                store,
+            };
+            if policy.per / (rate.min(u64::from(u32::MAX)) as u32) < Duration::from_micros(1) {
+                self.error(
+                    r.rate.span(),
+                    format!("rate {rate} per {per:?} is more than one request per microsecond"),
+                );
+            }
+            rate_limits.insert(name.get_ref().clone(), policy);
         }
-        if let Some(r) = &f.redis {
-            self.not_supported(r.span(), "[redis]", ISSUE_RATE_LIMITS);
+        let redis = f.redis.as_ref().and_then(|r| {
+            let rf = r.get_ref();
+            let url = match (&rf.url, &rf.url_env) {
+                (Some(u), None) => Some(u.get_ref().clone()),
+                (None, Some(e)) => self.env(e, "redis url"),
+                _ => {
+                    self.error(r.span(), "[redis] needs exactly one of url, url_env");
+                    None
+                }
+            };
+            let url = url?;
+            let parsed = redis::Client::open(url.as_str());
+            if let Err(e) = parsed {
+                let span = rf
+                    .url
+                    .as_ref()
+                    .or(rf.url_env.as_ref())
+                    .map_or(r.span(), |s| s.span());
+                self.error(span, format!("bad redis url: {e}"));
+                return None;
+            }
+            Some(RedisConfig {
+                url,
+                on_error: rf.on_error.unwrap_or(OnError::Local),
+            })
+        });
+        if let (Some(span), None) = (wants_redis, &f.redis) {
+            self.error(
+                span,
+                "store = \"redis\" needs a [redis] table with url or url_env",
+            );
         }
-        (jwt, api_keys, integrity)
+        (jwt, api_keys, integrity, rate_limits, redis)
     }
 
     fn integrity_policy(&mut self, t: &Spanned<file::IntegrityFile>) -> Option<IntegrityPolicy> {

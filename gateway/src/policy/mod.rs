@@ -10,4 +10,5 @@ pub mod integrity;
 pub mod ip_filter;
 pub mod jwt;
 pub mod observe;
+pub mod rate_limit;
 pub mod request_id;
