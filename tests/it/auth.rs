@@ -357,7 +357,7 @@ async fn the_classic_attacks_are_refused_with_their_reason() {
         ),
         (
             "two parts",
-            good.rsplitn(2, '.').nth(1).unwrap().to_string(),
+            good.rsplit_once('.').unwrap().0.to_string(),
             "malformed",
         ),
         (
@@ -783,8 +783,7 @@ fn gateway_token_mints_tokens_the_gateway_accepts() {
     v.set_audience(&["api"]);
     v.set_issuer(&["https://issuer.test"]);
     let decoding =
-        jsonwebtoken::DecodingKey::from_jwk(&serde_json::from_value(key.jwk.clone()).unwrap())
-            .unwrap();
+        jsonwebtoken::DecodingKey::from_jwk(&serde_json::from_value(key.jwk).unwrap()).unwrap();
     let data = jsonwebtoken::decode::<Value>(token, &decoding, &v).unwrap();
     assert_eq!(data.header.kid.as_deref(), Some("cli"));
     assert_eq!(data.claims["sub"], "u-cli");

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use bytes::Bytes;
 use gateway::balance::{ketama::Ketama, slots, Balance, PickCtx};

@@ -109,12 +109,6 @@ listen = "127.0.0.1:8080"
 [upstreams.u]
 targets = [{ addr = "127.0.0.1:9001" }]
 
-[rate_limits.per_ip]
-key = "ip"
-rate = 10
-per = "1s"
-burst = 5
-
 [[routes]]
 name = "r"
 upstream = "u"
@@ -123,13 +117,55 @@ compress = true
     let (code, _, err) = check(config);
     assert_eq!(code, 1);
     assert!(
-        err.contains("g.toml:8:14: [rate_limits] is not supported yet"),
+        err.contains("g.toml:11:12: compress is not supported yet"),
         "{err}"
     );
-    assert!(
-        err.contains("g.toml:17:12: compress is not supported yet"),
-        "{err}"
-    );
+}
+
+#[test]
+fn rate_limit_tables_are_checked() {
+    let config = r#"[[listeners]]
+name = "http"
+listen = "127.0.0.1:8080"
+
+[upstreams.u]
+targets = [{ addr = "127.0.0.1:9001" }]
+
+[rate_limits.a]
+key = "cookie.session"
+rate = 0
+per = "1s"
+burst = 5
+
+[rate_limits.b]
+key = "ip"
+rate = 10
+per = "1s"
+burst = 5
+store = "redis"
+
+[[routes]]
+name = "r"
+upstream = "u"
+rate_limit = "c"
+"#;
+    let (code, _, err) = check(config);
+    assert_eq!(code, 1);
+    for want in [
+        "g.toml:9:7: a rate limit key is ip, header.NAME, jwt.CLAIM, query.NAME or route",
+        "g.toml:10:8: rate",
+        "g.toml:19:9: store = \"redis\" needs a [redis] table",
+        "g.toml:24:14:",
+    ] {
+        assert!(err.contains(want), "no {want:?} in {err}");
+    }
+}
+
+#[test]
+fn the_fleet_example_passes() {
+    let (code, out, err) = gateway_cmd(&["check", "-c", "deploy/fleet/gateway.toml"], &repo_root());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok: 1 listener, 2 routes"), "{out}");
 }
 
 #[test]

@@ -50,6 +50,9 @@ fn now() -> u64 {
         .as_secs()
 }
 
+/// A tampering: (path, body, headers) to send.
+type Case = Box<dyn Fn(&Setup) -> (String, String, Vec<(String, String)>)>;
+
 struct Setup {
     gw: Gateway,
     _dir: tempfile::TempDir,
@@ -173,10 +176,7 @@ async fn requests_signed_by_an_independent_client_pass_and_every_tampering_fails
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(text.contains("signature_replay"), "{text}");
 
-    let cases: Vec<(
-        &str,
-        Box<dyn Fn(&Setup) -> (String, String, Vec<(String, String)>)>,
-    )> = vec![
+    let cases: Vec<(&str, Case)> = vec![
         (
             "digest_mismatch",
             Box::new(|s: &Setup| {

@@ -246,7 +246,7 @@ impl Lease {
 /// One `store = "redis"` policy in this instance.
 pub struct RedisLimiter {
     store: Arc<RedisStore>,
-    /// `gateway:rl:{NAME}:` — hash-tagged so a policy's buckets share a cluster slot.
+    /// `gateway:rl:NAME:` (no hash tag: a policy's buckets spread over a cluster's slots).
     prefix: String,
     interval_us: u64,
     capacity_us: u64,
@@ -271,7 +271,7 @@ impl RedisLimiter {
         store.register(metrics.rate_limit_store_fallback.with_label_values(&[name]));
         Self {
             store: store.clone(),
-            prefix: format!("gateway:rl:{{{name}}}:"),
+            prefix: format!("gateway:rl:{name}:"),
             interval_us,
             capacity_us: interval_us.saturating_mul(policy.burst),
             lease,
