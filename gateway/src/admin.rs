@@ -28,9 +28,14 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, req)) }
+                async move {
+                    if req.method() == Method::POST && req.uri().path() == "/admin/reload" {
+                        return Ok::<_, Infallible>(reload(&shared, req).await);
+                    }
+                    Ok::<_, Infallible>(handle(&shared, req))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -41,24 +46,83 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = req.uri().path();
-    if path.starts_with("/admin/") {
-        let rt = shared.runtime.load();
-        if let Some(token) = rt.config.admin.as_ref().and_then(|a| a.token.as_deref()) {
-            if !bearer_matches(&req, token) {
-                let mut res = json_response(
-                    StatusCode::UNAUTHORIZED,
-                    &json!({"error": "admin token required"}),
-                );
-                res.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"gateway-admin\""),
-                );
-                return res;
+/// The 401 for `/admin/*` without the right bearer token (when `token_env` is set).
+fn unauthorized(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    if !req.uri().path().starts_with("/admin/") {
+        return None;
+    }
+    let rt = shared.runtime.load();
+    let token = rt.config.admin.as_ref().and_then(|a| a.token.as_deref())?;
+    if bearer_matches(req, token) {
+        return None;
+    }
+    let mut res = json_response(
+        StatusCode::UNAUTHORIZED,
+        &json!({"error": "admin token required"}),
+    );
+    res.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"gateway-admin\""),
+    );
+    Some(res)
+}
+
+/// `POST /admin/reload` (`?dry_run=true`: only report what would change).
+async fn reload(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(denied) = unauthorized(shared, &req) {
+        return denied;
+    }
+    let dry_run = req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "dry_run" || p == "dry_run=true" || p == "dry_run=1")
+    });
+    // A candidate config may come in the body (dry runs), at most 1 MiB.
+    use http_body_util::BodyExt;
+    let body = match http_body_util::Limited::new(req.into_body(), 1 << 20)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &json!({"error": "the candidate config is larger than 1 MiB"}),
+            )
+        }
+    };
+    let candidate = if body.is_empty() {
+        None
+    } else {
+        match String::from_utf8(body.to_vec()) {
+            Ok(t) => Some(t),
+            Err(_) => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": "the candidate config is not UTF-8"}),
+                )
             }
         }
+    };
+    let report = crate::edge::reload::reload_from(
+        shared,
+        crate::edge::reload::Trigger::Admin,
+        dry_run,
+        candidate,
+    )
+    .await;
+    let status = if report.outcome == "error" {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    json_response(status, &report.to_json())
+}
+
+fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(denied) = unauthorized(shared, &req) {
+        return denied;
     }
+    let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET, "/metrics") => {
             let mut res = Response::new(Full::new(Bytes::from(shared.metrics.render())));

@@ -50,6 +50,8 @@ pub struct Runtime {
     pub router: Router,
     pub jwt: HashMap<String, Arc<JwtPolicyRt>>,
     pub rate_limits: HashMap<String, Arc<RateLimiterRt>>,
+    pub integrity: HashMap<String, Arc<IntegrityRt>>,
+    pub redis: Option<Arc<crate::policy::rate_limit::redis::RedisStore>>,
     pub upstreams: Vec<Arc<UpstreamRt>>,
     pub listeners: Vec<Arc<ListenerRt>>,
 }
@@ -64,15 +66,35 @@ impl std::fmt::Debug for Runtime {
 
 impl Runtime {
     /// Build a generation. Fails only on what validation cannot know (a self-signed
-    /// certificate that cannot be made, say).
+    /// certificate that cannot be made, say). `previous`: the generation being replaced by a
+    /// reload, whose state carries over where the config did not change: upstreams (health,
+    /// circuits, ejections, pools, balancer), endpoints of changed upstreams, JWT key sets and
+    /// caches, integrity nonce caches, rate-limit buckets, the Redis connection, and
+    /// self-signed certificates. Certificate files are read again.
     pub fn build(
         config: Arc<Config>,
         metrics: &Metrics,
         ids: &Arc<Snowflake>,
         generation: u64,
+        previous: Option<&Runtime>,
     ) -> Result<Self, String> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
+            let keep = previous.and_then(|p| {
+                let old = p.config.listeners.iter().find(|o| o.name == l.name)?;
+                let self_signed_only = l.tls.as_ref().is_none_or(|t| {
+                    t.certs
+                        .iter()
+                        .all(|c| matches!(c, crate::config::CertSource::SelfSigned))
+                });
+                (self_signed_only && format!("{old:?}") == format!("{l:?}"))
+                    .then(|| p.listener(&l.name).cloned())
+                    .flatten()
+            });
+            if let Some(kept) = keep {
+                listeners.push(kept);
+                continue;
+            }
             let (tls, certs) = match &l.tls {
                 Some(t) => {
                     let (server_config, certs) =
@@ -100,17 +122,30 @@ impl Runtime {
             }));
         }
 
-        let upstreams: Vec<Arc<UpstreamRt>> = config
-            .upstreams
-            .iter()
-            .map(|u| Arc::new(UpstreamRt::build(u, metrics)))
-            .collect();
-        for u in &upstreams {
-            crate::upstream::spawn_background(u);
+        let mut upstreams: Vec<Arc<UpstreamRt>> = Vec::with_capacity(config.upstreams.len());
+        for u in &config.upstreams {
+            let old = previous.and_then(|p| p.upstream(&u.name));
+            match old {
+                Some(old) if format!("{:?}", old.config) == format!("{u:?}") => {
+                    upstreams.push(old.clone());
+                }
+                _ => {
+                    let fresh = Arc::new(UpstreamRt::build_reusing(u, metrics, old.map(|o| &**o)));
+                    crate::upstream::spawn_background(&fresh);
+                    upstreams.push(fresh);
+                }
+            }
         }
 
         let mut jwt: HashMap<String, Arc<JwtPolicyRt>> = HashMap::new();
         for (name, p) in &config.jwt {
+            let old = previous
+                .filter(|prev| prev.config.jwt.get(name) == Some(p))
+                .and_then(|prev| prev.jwt.get(name));
+            if let Some(old) = old {
+                jwt.insert(name.clone(), old.clone());
+                continue;
+            }
             let rt = Arc::new(JwtPolicyRt::new(name, p.clone(), metrics));
             crate::policy::jwt::source::spawn(&rt);
             jwt.insert(name.clone(), rt);
@@ -124,32 +159,54 @@ impl Runtime {
         let integrity: HashMap<String, Arc<IntegrityRt>> = config
             .integrity
             .iter()
-            .map(|(n, p)| (n.clone(), Arc::new(IntegrityRt::new(p.clone()))))
+            .map(|(n, p)| {
+                let old = previous
+                    .filter(|prev| prev.config.integrity.get(n) == Some(p))
+                    .and_then(|prev| prev.integrity.get(n));
+                let rt = old
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(IntegrityRt::new(p.clone())));
+                (n.clone(), rt)
+            })
             .collect();
 
-        let redis = config
-            .redis
-            .as_ref()
-            .filter(|_| {
-                config
-                    .rate_limits
-                    .values()
-                    .any(|p| p.store == crate::config::Store::Redis)
-            })
-            .and_then(crate::policy::rate_limit::redis::RedisStore::start);
+        let wants_redis = config
+            .rate_limits
+            .values()
+            .any(|p| p.store == crate::config::Store::Redis);
+        let redis = match &config.redis {
+            Some(cfg) if wants_redis => previous
+                .filter(|p| p.config.redis.as_ref() == Some(cfg))
+                .and_then(|p| p.redis.clone())
+                .or_else(|| crate::policy::rate_limit::redis::RedisStore::start(cfg)),
+            _ => None,
+        };
+        let same_redis = |prev: &Runtime| match (&prev.redis, &redis) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let mut fresh_limiters = Vec::new();
         let rate_limits: HashMap<String, Arc<RateLimiterRt>> = config
             .rate_limits
             .iter()
             .map(|(n, p)| {
-                (
-                    n.clone(),
-                    Arc::new(RateLimiterRt::new(n, p.clone(), redis.as_ref(), metrics)),
-                )
+                let old = previous
+                    .filter(|prev| prev.config.rate_limits.get(n) == Some(p) && same_redis(prev))
+                    .and_then(|prev| prev.rate_limits.get(n));
+                let rt = match old {
+                    Some(old) => old.clone(),
+                    None => {
+                        let rt =
+                            Arc::new(RateLimiterRt::new(n, p.clone(), redis.as_ref(), metrics));
+                        fresh_limiters.push(rt.clone());
+                        rt
+                    }
+                };
+                (n.clone(), rt)
             })
             .collect();
-        crate::policy::rate_limit::spawn_eviction(
-            &rate_limits.values().cloned().collect::<Vec<_>>(),
-        );
+        crate::policy::rate_limit::spawn_eviction(&fresh_limiters);
 
         let trusted: Arc<[IpNet]> = config.server.trusted_proxies.clone().into();
         let mut stacks = Vec::with_capacity(config.routes.len());
@@ -232,6 +289,8 @@ impl Runtime {
             router,
             jwt,
             rate_limits,
+            integrity,
+            redis,
             upstreams,
             listeners,
         })

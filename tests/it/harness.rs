@@ -148,6 +148,38 @@ impl Gateway {
         self.admin.expect("admin listener")
     }
 
+    /// The config file the gateway runs (and reloads).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("gateway.toml")
+    }
+
+    /// Replace the config file (atomically, as careful tools do: write aside, rename).
+    pub fn write_config(&self, config: &str) {
+        let aside = self._dir.path().join("gateway.toml.new");
+        std::fs::write(&aside, config).unwrap();
+        std::fs::rename(&aside, self.config_path()).unwrap();
+    }
+
+    /// Send SIGHUP (reload).
+    pub fn sighup(&self) {
+        let status = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The address a listener bound most recently (listeners added by a reload included).
+    pub fn latest_addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.lines
+            .json()
+            .iter()
+            .rev()
+            .find(|v| v["message"] == "listener bound" && v["listener"] == listener)
+            .and_then(|v| v["addr"].as_str()?.parse().ok())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -14,5 +14,6 @@ mod h2_abuse;
 mod integrity;
 mod proxy;
 mod rate_limit;
+mod reload;
 mod resilience;
 mod security;

@@ -93,7 +93,7 @@ impl Ketama {
 
 /// The arcs of the u32 key space and who owns them: `(first, last, owner)`, ascending and
 /// covering every u32 once. A key hash h belongs to the owner of the first point ≥ h.
-fn intervals(k: &Ketama) -> Vec<(u32, u32, usize)> {
+pub fn intervals(k: &Ketama) -> Vec<(u32, u32, usize)> {
     let mut out = Vec::with_capacity(k.points.len() + 1);
     let Some(&first_owner) = k.owners.first() else {
         return out;

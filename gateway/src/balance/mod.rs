@@ -18,6 +18,7 @@ pub mod key;
 pub mod least_request;
 pub mod maglev;
 pub mod random;
+pub mod remap;
 mod round_robin;
 pub mod slots;
 mod weighted;

@@ -3,6 +3,7 @@
 //!
 //! Every error names its place as `FILE:LINE:COL: message`; `gateway check` prints them all.
 
+pub mod diff;
 pub mod file;
 pub mod units;
 mod validate;
@@ -199,7 +200,7 @@ impl RetryOn {
 }
 
 /// A `[jwt.NAME]` policy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JwtPolicy {
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     pub source: JwtSource,
@@ -230,7 +231,7 @@ impl RateLimitPolicy {
 }
 
 /// `[redis]`: where `store = "redis"` limits live, and what happens when it is unreachable.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct RedisConfig {
     pub url: String,
     pub on_error: OnError,
@@ -258,6 +259,18 @@ pub enum JwtSource {
     Url(String),
 }
 
+/// Same source: same secret, same file path (its content is watched), same URL.
+impl PartialEq for JwtSource {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Secret(a), Self::Secret(b)) => a == b,
+            (Self::File { path: a, .. }, Self::File { path: b, .. }) => a == b,
+            (Self::Url(a), Self::Url(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
 impl std::fmt::Debug for JwtSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -271,7 +284,7 @@ impl std::fmt::Debug for JwtSource {
 }
 
 /// An `[api_keys.NAME]` policy: SHA-256 digests of the keys, by name.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct ApiKeyPolicy {
     pub header: HeaderName,
     pub keys: Vec<(String, [u8; 32])>,
@@ -287,7 +300,7 @@ impl std::fmt::Debug for ApiKeyPolicy {
 }
 
 /// An `[integrity.NAME]` policy.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct IntegrityPolicy {
     pub content_digest: CheckMode,
     pub signature: CheckMode,

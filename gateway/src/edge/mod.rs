@@ -6,6 +6,7 @@ pub mod conn;
 pub mod h1;
 pub mod io;
 pub mod proxy_protocol;
+pub mod reload;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -72,6 +73,10 @@ pub struct Shared {
     drain_tx: watch::Sender<bool>,
     connections: AtomicUsize,
     connections_done: Notify,
+    /// One reload at a time.
+    pub reload_lock: tokio::sync::Mutex<()>,
+    /// The running accept loops, by listener name.
+    pub listeners: std::sync::Mutex<std::collections::HashMap<String, reload::ListenerHandle>>,
 }
 
 impl Shared {
@@ -85,6 +90,8 @@ impl Shared {
             drain_tx: watch::channel(false).0,
             connections: AtomicUsize::new(0),
             connections_done: Notify::new(),
+            reload_lock: tokio::sync::Mutex::new(()),
+            listeners: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -143,7 +150,7 @@ pub fn bind(config: &Config) -> Result<Bound, String> {
     Ok(Bound { listeners, admin })
 }
 
-fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+pub(crate) fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
@@ -167,17 +174,31 @@ pub async fn serve(
     let ids = Arc::new(Snowflake::new(config.server.node_id));
     let drain_timeout = config.server.drain_timeout;
     let summary = config.summary();
-    let runtime = Runtime::build(Arc::new(config), &metrics, &ids, 1)?;
+    let path = config.path.clone();
+    let configured: Vec<(String, SocketAddr)> = config
+        .listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.listen))
+        .collect();
+    let runtime = Runtime::build(Arc::new(config), &metrics, &ids, 1, None)?;
     let shared = Arc::new(Shared::new(runtime, metrics, ids));
 
-    let mut accept_tasks = Vec::new();
     for (name, std_listener) in bound.listeners {
         let listener =
             TcpListener::from_std(std_listener).map_err(|e| format!("listener {name:?}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(listener = %name, %addr, "listener bound");
-        accept_tasks.push(tokio::spawn(accept_loop(listener, name, shared.clone())));
+        let stop = spawn_accept(listener, name.clone(), shared.clone());
+        let configured = configured
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(addr, |(_, a)| *a);
+        if let Ok(mut h) = shared.listeners.lock() {
+            h.insert(name, reload::ListenerHandle { configured, stop });
+        }
     }
+    reload::spawn_signal_reloads(&shared);
+    reload::spawn_file_watch(&shared, &path);
     if let Some(std_listener) = bound.admin {
         let listener = TcpListener::from_std(std_listener).map_err(|e| format!("admin: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -195,8 +216,15 @@ pub async fn serve(
         "draining"
     );
     shared.start_drain();
-    for t in accept_tasks {
-        let _ = t.await;
+    let loops: Vec<_> = shared
+        .listeners
+        .lock()
+        .map(|mut h| h.drain().map(|(_, h)| h).collect())
+        .unwrap_or_default();
+    for h in loops {
+        // The accept loops stop on the drain signal; wait until each has.
+        let mut rx = h.stop.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(1), rx.wait_for(|gone| *gone)).await;
     }
     let drained = tokio::time::timeout(drain_timeout, async {
         loop {
@@ -233,13 +261,35 @@ impl Drop for ConnGuard {
     }
 }
 
-async fn accept_loop(listener: TcpListener, name: String, shared: Arc<Shared>) {
+/// Start accepting on `listener`; the returned sender stops it (a reload removed or moved
+/// the listener). It also stops when the gateway drains.
+pub(crate) fn spawn_accept(
+    listener: TcpListener,
+    name: String,
+    shared: Arc<Shared>,
+) -> watch::Sender<bool> {
+    let (stop, stopped) = watch::channel(false);
+    let done = stop.clone();
+    tokio::spawn(async move {
+        accept_loop(listener, name, shared, stopped).await;
+        done.send_replace(true);
+    });
+    stop
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    name: String,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut drain = shared.drain_signal();
     let mut refused_logged: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             biased;
             _ = drain.changed() => break,
+            _ = stop.wait_for(|s| *s) => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {

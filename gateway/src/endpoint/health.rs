@@ -24,6 +24,12 @@ pub fn spawn(upstream: Weak<UpstreamRt>, endpoint: Weak<Endpoint>, policy: Healt
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
+    let Some(token) = endpoint
+        .upgrade()
+        .map(|e| e.prober.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1)
+    else {
+        return;
+    };
     rt.spawn(async move {
         let (mut successes, mut failures) = (0u32, 0u32);
         // The first probe soon, but not all at once.
@@ -32,6 +38,10 @@ pub fn spawn(upstream: Weak<UpstreamRt>, endpoint: Weak<Endpoint>, policy: Healt
             tokio::time::sleep(wait).await;
             wait = jitter(policy.interval);
             let Some(ep) = endpoint.upgrade() else { return };
+            if ep.prober.load(std::sync::atomic::Ordering::Acquire) != token {
+                // A newer config generation probes this endpoint now.
+                return;
+            }
             let result = probe(ep.addr, &policy.path, policy.timeout).await;
             let ok = result.ok;
             ep.set_last_probe(result);

@@ -49,6 +49,9 @@ pub struct Endpoint {
     pub outlier: Option<Outlier>,
     healthy: AtomicBool,
     last_probe: ArcSwapOption<ProbeResult>,
+    /// The prober that owns this endpoint: a config reload that keeps the endpoint starts a
+    /// new prober, and the old one stops when it sees it is no longer the owner.
+    pub prober: std::sync::atomic::AtomicU64,
 }
 
 /// What recording a result changed.
@@ -81,6 +84,7 @@ impl Endpoint {
             metrics,
             healthy: AtomicBool::new(true),
             last_probe: ArcSwapOption::empty(),
+            prober: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -58,28 +58,57 @@ pub struct UpstreamRt {
 
 impl UpstreamRt {
     pub fn build(cfg: &config::Upstream, metrics: &Metrics) -> Self {
+        Self::build_reusing(cfg, metrics, None)
+    }
+
+    /// Build, keeping the endpoints of `previous` (the same upstream in the config generation
+    /// being replaced) that are unchanged: same id, address and role, same health, outlier,
+    /// breaker and connect settings. They keep their health, circuit and ejection state and
+    /// their pooled connections.
+    pub fn build_reusing(
+        cfg: &config::Upstream,
+        metrics: &Metrics,
+        previous: Option<&UpstreamRt>,
+    ) -> Self {
         metrics.upstream(&cfg.name);
+        let same_policies = previous.is_some_and(|p| {
+            p.config.health == cfg.health
+                && p.config.outlier == cfg.outlier
+                && p.config.circuit_breaker == cfg.circuit_breaker
+                && p.config.connect_timeout == cfg.connect_timeout
+        });
+        let reuse = |id: &str, addr: std::net::SocketAddr, backup_of: Option<&str>| {
+            previous.filter(|_| same_policies).and_then(|p| {
+                p.endpoints()
+                    .find(|e| e.id == id && e.addr == addr && e.backup_of.as_deref() == backup_of)
+                    .cloned()
+            })
+        };
         let shards = cfg
             .targets
             .iter()
             .map(|t| {
                 let mut endpoints = Vec::with_capacity(1 + t.backups.len());
-                endpoints.push(Arc::new(Endpoint::new(
-                    t.id.clone(),
-                    t.addr,
-                    None,
-                    metrics.endpoint(&cfg.name, &t.id),
-                    cfg,
-                )));
+                endpoints.push(reuse(&t.id, t.addr, None).unwrap_or_else(|| {
+                    Arc::new(Endpoint::new(
+                        t.id.clone(),
+                        t.addr,
+                        None,
+                        metrics.endpoint(&cfg.name, &t.id),
+                        cfg,
+                    ))
+                }));
                 for b in &t.backups {
                     let id = b.to_string();
-                    endpoints.push(Arc::new(Endpoint::new(
-                        id.clone(),
-                        *b,
-                        Some(t.id.clone()),
-                        metrics.endpoint(&cfg.name, &id),
-                        cfg,
-                    )));
+                    endpoints.push(reuse(&id, *b, Some(&t.id)).unwrap_or_else(|| {
+                        Arc::new(Endpoint::new(
+                            id.clone(),
+                            *b,
+                            Some(t.id.clone()),
+                            metrics.endpoint(&cfg.name, &id),
+                            cfg,
+                        ))
+                    }));
                 }
                 Shard {
                     id: t.id.clone(),
@@ -89,7 +118,7 @@ impl UpstreamRt {
             })
             .collect();
         let name = cfg.name.as_str();
-        Self {
+        let built = Self {
             name: cfg.name.clone(),
             balancer: Balancer::new(cfg.balancer, &cfg.targets, cfg.maglev_table_size),
             config: cfg.clone(),
@@ -111,7 +140,10 @@ impl UpstreamRt {
             retry_window: Rolling::new(Duration::from_secs(10)),
             changed: Arc::new(Notify::new()),
             eject_lock: Mutex::new(()),
-        }
+        };
+        // Reused endpoints may be down: the balancer starts from the up set as it is.
+        built.refresh_balancer();
+        built
     }
 
     /// Every endpoint (primaries and backups).
@@ -181,15 +213,16 @@ impl UpstreamRt {
     }
 
     /// Whether the retry budget allows one more retry; counts it if so. A retry is allowed
-    /// while retries in the last 10 s (this one included) ≤ max(3, budget × requests in the
-    /// last 10 s). The retry is counted first and taken back if over, so concurrent requests
-    /// cannot all pass the check before any of them counts.
+    /// while the retries already made in the last 10 s < max(3, budget × requests in the last
+    /// 10 s) (SPEC §3). The retry is counted first and taken back if over, so concurrent
+    /// requests cannot all pass the check before any of them counts.
     pub fn take_retry(&self, budget: f64) -> bool {
         let now = clock::now_ms();
         self.retry_window.add(now, 0, 1);
         let (requests, retries) = self.retry_window.sum(now);
         let allowed = (budget * requests as f64).max(3.0);
-        if retries as f64 <= allowed {
+        let before = retries.saturating_sub(1);
+        if (before as f64) < allowed {
             self.metrics.retries.inc();
             true
         } else {

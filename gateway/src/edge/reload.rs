@@ -1,0 +1,340 @@
+//! Hot reload: SIGHUP, `POST /admin/reload`, or the config file changing on disk.
+//!
+//! The file is read and fully validated first; a bad config is refused with its errors (in the
+//! log, the admin response and `gateway_config_reloads_total{outcome="error"}`) and the
+//! running one stays. A good one becomes a new generation built next to the running one,
+//! carrying over the state of what did not change (`Runtime::build`); new listeners are bound
+//! before anything is swapped, so a port that cannot be taken refuses the whole reload. Then
+//! one atomic swap: requests that started keep their generation to the end, new ones get the
+//! new one; connections (HTTP/1 keep-alive, HTTP/2, upgraded tunnels) stay open across it.
+//! Removed listeners stop accepting; their open connections finish.
+//!
+//! Not applied by a reload (logged, and listed in the diff as needing a restart):
+//! `server.node_id`, `server.worker_threads`, `admin.listen`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::Shared;
+use crate::config::{self, diff, Mode};
+use crate::runtime::Runtime;
+
+/// A listener's accept loop, as the reloader sees it.
+pub struct ListenerHandle {
+    /// The configured address (port 0 stays 0: tests bind ephemeral ports).
+    pub configured: SocketAddr,
+    pub stop: watch::Sender<bool>,
+}
+
+/// What a reload did, for the admin response and the log.
+#[derive(Debug)]
+pub struct Report {
+    /// `success`, `error`, `dry_run`, `unchanged`.
+    pub outcome: &'static str,
+    pub generation: u64,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    pub diff: Option<diff::ConfigDiff>,
+}
+
+impl Report {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "outcome": self.outcome,
+            "generation": self.generation,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "diff": self.diff.as_ref().map(|d| d.to_json()),
+        })
+    }
+
+    fn error(generation: u64, errors: Vec<String>) -> Self {
+        Self {
+            outcome: "error",
+            generation,
+            errors,
+            warnings: Vec::new(),
+            diff: None,
+        }
+    }
+}
+
+/// Why a reload was asked for (for the log).
+#[derive(Clone, Copy, Debug)]
+pub enum Trigger {
+    Signal,
+    Admin,
+    FileChanged,
+}
+
+/// Reload the config file of the running generation (or only report what would change).
+pub async fn reload(shared: &Arc<Shared>, trigger: Trigger, dry_run: bool) -> Report {
+    reload_from(shared, trigger, dry_run, None).await
+}
+
+/// Like `reload`; with `candidate`, that text is checked (dry run only) instead of the file:
+/// operators can ask what a config would change before putting it in place.
+pub async fn reload_from(
+    shared: &Arc<Shared>,
+    trigger: Trigger,
+    dry_run: bool,
+    candidate: Option<String>,
+) -> Report {
+    let _one_at_a_time = shared.reload_lock.lock().await;
+    let current = shared.runtime.load_full();
+    if candidate.is_some() && !dry_run {
+        return Report::error(
+            current.generation,
+            vec![
+                "a config in the request body is for dry_run=true only; a reload reads the file"
+                    .into(),
+            ],
+        );
+    }
+    let path = current.config.path.clone();
+    let loaded = {
+        let p = path.clone();
+        let work = move || match candidate {
+            Some(text) => config::load_str(&p, &text, Mode::Run),
+            None => config::load(&p, Mode::Run),
+        };
+        match tokio::task::spawn_blocking(work).await {
+            Ok(r) => r,
+            Err(e) => Err(vec![format!("reload task failed: {e}")]),
+        }
+    };
+    let loaded = match loaded {
+        Ok(l) => l,
+        Err(errors) => {
+            if !dry_run {
+                shared
+                    .metrics
+                    .config_reloads_total
+                    .with_label_values(&["error"])
+                    .inc();
+                for e in &errors {
+                    tracing::error!(error = %e, ?trigger, "config reload refused; the running config stays");
+                }
+            }
+            return Report::error(current.generation, errors);
+        }
+    };
+    let d = diff::diff(&current.config, &loaded.config);
+    if dry_run {
+        return Report {
+            outcome: "dry_run",
+            generation: current.generation,
+            errors: Vec::new(),
+            warnings: loaded.warnings,
+            diff: Some(d),
+        };
+    }
+    if d.is_empty() && matches!(trigger, Trigger::FileChanged) {
+        // Touched, not changed (an editor saving twice): nothing to do.
+        return Report {
+            outcome: "unchanged",
+            generation: current.generation,
+            errors: Vec::new(),
+            warnings: loaded.warnings,
+            diff: Some(d),
+        };
+    }
+    let generation = current.generation + 1;
+    let config = Arc::new(loaded.config);
+    // New listeners are bound before anything changes: a taken port refuses the reload.
+    let (added, moved) = match bind_new(shared, &config) {
+        Ok(x) => x,
+        Err(e) => {
+            shared
+                .metrics
+                .config_reloads_total
+                .with_label_values(&["error"])
+                .inc();
+            tracing::error!(error = %e, "config reload refused; the running config stays");
+            return Report::error(current.generation, vec![e]);
+        }
+    };
+    let runtime = match Runtime::build(
+        config.clone(),
+        &shared.metrics,
+        &shared.ids,
+        generation,
+        Some(&current),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            shared
+                .metrics
+                .config_reloads_total
+                .with_label_values(&["error"])
+                .inc();
+            tracing::error!(error = %e, "config reload refused; the running config stays");
+            return Report::error(current.generation, vec![e]);
+        }
+    };
+    shared.runtime.store(Arc::new(runtime));
+    start_listeners(shared, &config, added, moved);
+    shared
+        .metrics
+        .config_reloads_total
+        .with_label_values(&["success"])
+        .inc();
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    for r in &d.needs_restart {
+        tracing::warn!(setting = %r, "changed in the file, but only a restart applies it");
+    }
+    tracing::info!(
+        ?trigger,
+        generation,
+        summary = %config.summary(),
+        changes = d.changes.len(),
+        "config reloaded"
+    );
+    for (u, m) in &d.key_moves {
+        tracing::info!(upstream = %u, "{}", m.summary());
+    }
+    Report {
+        outcome: "success",
+        generation,
+        errors: Vec::new(),
+        warnings: loaded.warnings,
+        diff: Some(d),
+    }
+}
+
+type Bound = Vec<(String, SocketAddr, std::net::TcpListener)>;
+
+/// Bind the listeners `config` adds (new names, or new addresses): (added, moved).
+fn bind_new(shared: &Shared, config: &config::Config) -> Result<(Bound, Bound), String> {
+    let handles = shared
+        .listeners
+        .lock()
+        .map_err(|_| "listener table poisoned".to_string())?;
+    let mut added = Vec::new();
+    let mut moved = Vec::new();
+    for l in &config.listeners {
+        match handles.get(&l.name) {
+            Some(h) if h.configured == l.listen => {}
+            existing => {
+                let socket = super::bind_one(l.listen).map_err(|e| {
+                    format!("listener {:?}: cannot listen on {}: {e}", l.name, l.listen)
+                })?;
+                let entry = (l.name.clone(), l.listen, socket);
+                if existing.is_some() {
+                    moved.push(entry);
+                } else {
+                    added.push(entry);
+                }
+            }
+        }
+    }
+    Ok((added, moved))
+}
+
+/// After the swap: start the new accept loops, stop the removed and moved ones.
+fn start_listeners(shared: &Arc<Shared>, config: &config::Config, added: Bound, moved: Bound) {
+    let Ok(mut handles) = shared.listeners.lock() else {
+        return;
+    };
+    let keep: HashMap<&str, ()> = config
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), ()))
+        .collect();
+    handles.retain(|name, h| {
+        let stays = keep.contains_key(name.as_str());
+        if !stays {
+            h.stop.send_replace(true);
+            tracing::info!(listener = %name, "listener removed by reload: no new connections");
+        }
+        stays
+    });
+    for (name, configured, socket) in moved.into_iter().chain(added) {
+        if let Some(old) = handles.remove(&name) {
+            old.stop.send_replace(true);
+        }
+        match TcpListener::from_std(socket) {
+            Ok(listener) => {
+                if let Ok(addr) = listener.local_addr() {
+                    tracing::info!(listener = %name, %addr, "listener bound");
+                }
+                let stop = super::spawn_accept(listener, name.clone(), shared.clone());
+                handles.insert(name, ListenerHandle { configured, stop });
+            }
+            Err(e) => tracing::error!(listener = %name, error = %e, "cannot use the new listener"),
+        }
+    }
+}
+
+/// Reload on SIGHUP, for as long as the process runs.
+pub fn spawn_signal_reloads(shared: &Arc<Shared>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!(signal = "SIGHUP", "reloading the config");
+                reload(&shared, Trigger::Signal, false).await;
+            }
+        });
+    }
+}
+
+/// Reload when the config file changes on disk, debounced by 300 ms. The directory is
+/// watched, not the file, so editors that replace the file and Kubernetes ConfigMap volumes
+/// (which swap a symlinked directory) are seen too; a change that leaves the config as it
+/// was does nothing.
+pub fn spawn_file_watch(shared: &Arc<Shared>, path: &Path) {
+    use notify::{RecursiveMode, Watcher};
+    let file: PathBuf = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let Some(dir) = file.parent().map(Path::to_path_buf) else {
+        return;
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if !event.kind.is_access() {
+            let _ = tx.send(());
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the config file; SIGHUP and /admin/reload still reload");
+            return;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; SIGHUP and /admin/reload still reload");
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        while rx.recv().await.is_some() {
+            // Debounce: an editor's save is often several events.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            while rx.try_recv().is_ok() {}
+            let report = reload(&shared, Trigger::FileChanged, false).await;
+            if report.outcome == "success" {
+                tracing::info!(
+                    generation = report.generation,
+                    "reloaded after the config file changed on disk"
+                );
+            }
+        }
+    });
+}
