@@ -290,6 +290,8 @@ pub enum ResBody {
     Full(Option<Bytes>),
     /// Streamed from an upstream.
     Upstream(UpstreamBody),
+    /// An upstream's refusal of an upgrade, on a connection of its own (not pooled).
+    Tunnel(Incoming),
 }
 
 impl ResBody {
@@ -304,7 +306,7 @@ impl ResBody {
     /// The upstream target that produced this body, if any (for the access log).
     pub fn target(&self) -> Option<&str> {
         match self {
-            Self::Full(_) => None,
+            Self::Full(_) | Self::Tunnel(_) => None,
             Self::Upstream(b) => Some(b.target()),
         }
     }
@@ -321,6 +323,7 @@ impl Body for ResBody {
         match self.get_mut() {
             Self::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Self::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Self::Tunnel(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -328,6 +331,7 @@ impl Body for ResBody {
         match self {
             Self::Full(data) => data.is_none(),
             Self::Upstream(b) => b.is_end_stream(),
+            Self::Tunnel(b) => b.is_end_stream(),
         }
     }
 
@@ -335,6 +339,7 @@ impl Body for ResBody {
         match self {
             Self::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Self::Upstream(b) => b.size_hint(),
+            Self::Tunnel(b) => b.size_hint(),
         }
     }
 }

@@ -271,6 +271,7 @@ impl Runtime {
                     trusted_proxies: trusted.clone(),
                     retry: r.retry.clone(),
                     fallback: r.fallback.clone(),
+                    websocket: r.websocket.then_some(config.limits.idle_timeout),
                 },
             ));
         }

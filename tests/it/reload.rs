@@ -473,3 +473,122 @@ async fn health_and_rate_limit_state_carry_over_a_reload() {
         .unwrap();
     assert_eq!(r.status, StatusCode::OK);
 }
+
+/// A WebSocket echo origin (tokio-tungstenite): every text message comes back prefixed.
+async fn ws_echo() -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                        if ws
+                            .send(tokio_tungstenite::tungstenite::Message::text(format!(
+                                "echo: {t}"
+                            )))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn ws_config(origin: SocketAddr, extra_route: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[limits]
+idle_timeout = "3s"
+
+[upstreams.ws]
+targets = [{{ addr = "{origin}" }}]
+
+[[routes]]
+name = "ws"
+match = {{ path_prefix = "/ws" }}
+upstream = "ws"
+websocket = true
+
+[[routes]]
+name = "plain"
+match = {{ path_prefix = "/plain" }}
+upstream = "ws"
+{extra_route}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_stays_open_across_reloads_and_closes_when_idle() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let origin = ws_echo().await;
+    let gw = Gateway::start(&ws_config(origin, ""));
+    let addr = gw.addr("http");
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut ws, res) = tokio_tungstenite::client_async(format!("ws://{addr}/ws/chat"), stream)
+        .await
+        .expect("the WebSocket handshake through the gateway");
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for i in 0..4 {
+        if i > 0 {
+            // Reload with a different route set each time.
+            gw.write_config(&ws_config(
+                origin,
+                &format!("\n[[routes]]\nname = \"r{i}\"\nmatch = {{ path = \"/r{i}\" }}\nupstream = \"ws\"\n"),
+            ));
+            let res = post_reload(&gw, "").await;
+            assert_eq!(res.json()["outcome"], "success");
+        }
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("an echo")
+            .expect("the tunnel is open")
+            .unwrap();
+        assert_eq!(
+            reply.into_text().unwrap().as_str(),
+            format!("echo: hello {i}")
+        );
+    }
+    assert!(generation(&gw).await >= 4);
+
+    // A route without `websocket = true` does not upgrade: the origin sees a plain GET.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(
+        tokio_tungstenite::client_async(format!("ws://{addr}/plain"), stream)
+            .await
+            .is_err(),
+        "upgraded on a route without websocket = true"
+    );
+
+    // Idle for longer than idle_timeout: the gateway closes the tunnel.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let closed = match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+        Ok(None) | Ok(Some(Err(_))) => true,
+        Ok(Some(Ok(Message::Close(_)))) => true,
+        Ok(Some(Ok(_))) => false,
+        Err(_) => false,
+    };
+    assert!(closed, "an idle tunnel must be closed after idle_timeout");
+}

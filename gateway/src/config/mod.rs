@@ -358,6 +358,8 @@ pub struct Route {
     pub fallback: Option<Fallback>,
     pub allow_ips: Vec<IpNet>,
     pub deny_ips: Vec<IpNet>,
+    /// Upgrade requests (`Upgrade: websocket`) are tunnelled to the upstream.
+    pub websocket: bool,
 }
 
 /// Names of the policy tables a route uses; `None` is off.

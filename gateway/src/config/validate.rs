@@ -1340,11 +1340,7 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|l| self.cidrs(l.get_ref()))
                 .unwrap_or_default();
-            if let Some(x) = &rf.websocket {
-                if *x.get_ref() {
-                    self.not_supported(x.span(), "websocket", ISSUE_OPERATIONS);
-                }
-            }
+            let websocket = rf.websocket.as_ref().is_some_and(|x| *x.get_ref());
             let host_rewrite =
                 rf.host_rewrite
                     .as_ref()
@@ -1378,6 +1374,7 @@ impl Validator<'_> {
                 fallback,
                 allow_ips,
                 deny_ips,
+                websocket,
             });
         }
         out

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -142,7 +141,10 @@ async fn serve_stream<T>(
     );
     let svc = EdgeAdapter {
         shared: shared.clone(),
-        info: Arc::new(ConnInfo::new(peer, tcp_peer, listener.info.clone(), h2)),
+        info: Arc::new(ConnInfo {
+            state: Some(state.clone()),
+            ..ConnInfo::new(peer, tcp_peer, listener.info.clone(), h2)
+        }),
         state: state.clone(),
     };
     if h2 {
@@ -154,7 +156,7 @@ async fn serve_stream<T>(
             .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
             .max_send_buf_size(1 << 20);
         let conn = builder.serve_connection(TokioIo::new(io), svc);
-        drive(conn, state, limits, true, shared).await;
+        drive(conn, |c| c.graceful_shutdown(), state, limits, true, shared).await;
     } else {
         metrics.h1.inc();
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -167,8 +169,19 @@ async fn serve_stream<T>(
             .max_header_size(limits.max_header_bytes)
             .max_buf_size(limits.max_header_bytes.max(8192) + 8192)
             .keep_alive(true);
-        let conn = builder.serve_connection(TokioIo::new(io), svc);
-        drive(conn, state, limits, false, shared).await;
+        // Upgrades (WebSocket) hand the connection to a tunnel once the 101 is written.
+        let conn = builder
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
+        drive(
+            conn,
+            |c| c.graceful_shutdown(),
+            state,
+            limits,
+            false,
+            shared,
+        )
+        .await;
     }
 }
 
@@ -224,16 +237,23 @@ fn check(
 }
 
 /// Run a connection to its end under its timers, draining it when the gateway shuts down.
-async fn drive<C>(conn: C, state: Arc<ConnState>, limits: &Limits, h2: bool, shared: Arc<Shared>)
-where
-    C: GracefulConnection,
-    C::Error: std::fmt::Display,
+/// `graceful` starts a graceful close (HTTP/2 GOAWAY, or keep-alive off for HTTP/1).
+async fn drive<C, E>(
+    conn: C,
+    graceful: fn(Pin<&mut C>),
+    state: Arc<ConnState>,
+    limits: &Limits,
+    h2: bool,
+    shared: Arc<Shared>,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let mut conn = std::pin::pin!(conn);
     let mut drain = shared.drain_signal();
     let mut closing_since = None;
     if *drain.borrow() {
-        conn.as_mut().graceful_shutdown();
+        graceful(conn.as_mut());
         closing_since = Some(Instant::now());
     }
     let timer = tokio::time::sleep(Duration::from_millis(100));
@@ -255,7 +275,7 @@ where
             }
             changed = drain.changed(), if closing_since.is_none() => {
                 if changed.is_err() || *drain.borrow() {
-                    conn.as_mut().graceful_shutdown();
+                    graceful(conn.as_mut());
                     closing_since = Some(Instant::now());
                     timer.as_mut().reset(Instant::now());
                 }
@@ -264,7 +284,7 @@ where
                 let now = Instant::now();
                 match check(&state, limits, h2, closing_since, now) {
                     Check::Close => {
-                        conn.as_mut().graceful_shutdown();
+                        graceful(conn.as_mut());
                         closing_since = Some(now);
                         timer.as_mut().reset(now);
                     }

@@ -53,6 +53,8 @@ pub struct ConnState {
     head_verdict: AtomicU8,
     /// HTTP/2 streams the client reset before they were answered.
     premature_resets: AtomicU64,
+    /// The connection became a tunnel (WebSocket): no more request heads to time.
+    upgraded: AtomicBool,
     /// Set once the connection looks abusive; wakes the connection's driver to drop it.
     abusive: tokio::sync::Notify,
 }
@@ -69,7 +71,22 @@ impl ConnState {
             head_verdict: AtomicU8::new(0),
             premature_resets: AtomicU64::new(0),
             abusive: tokio::sync::Notify::new(),
+            upgraded: AtomicBool::new(false),
         }
+    }
+
+    /// The connection is a tunnel from now on: the head timer and scan stop.
+    pub fn set_upgraded(&self) {
+        self.upgraded.store(true, Ordering::Release);
+    }
+
+    pub fn is_upgraded(&self) -> bool {
+        self.upgraded.load(Ordering::Acquire)
+    }
+
+    /// When bytes last moved either way on this connection.
+    pub fn last_io(&self) -> Instant {
+        self.at(self.last_io_ms.load(Ordering::Relaxed))
     }
 
     /// An HTTP/2 stream was reset by the client before its response. A connection where at
@@ -250,6 +267,11 @@ impl<T> EdgeIo<T> {
 impl HeadTimer {
     /// Bytes arrived: a new head starts if the connection was between requests.
     fn on_bytes(&mut self, state: &ConnState, bytes: &[u8]) {
+        if state.is_upgraded() {
+            self.reading = None;
+            self.capturing = false;
+            return;
+        }
         let requests = state.requests();
         if let Some(start) = self.reading {
             if requests != start || state.is_busy() {
@@ -305,6 +327,10 @@ impl HeadTimer {
         let Some(start) = self.reading else {
             return false;
         };
+        if state.is_upgraded() {
+            self.reading = None;
+            return false;
+        }
         if state.requests() != start || state.is_busy() {
             // The head was complete; the body or the next request is not our business.
             self.reading = None;

@@ -34,6 +34,8 @@ pub struct ConnInfo {
     pub peer_header: http::HeaderValue,
     pub listener: Arc<ListenerInfo>,
     pub h2: bool,
+    /// The connection's timers and counters (a WebSocket tunnel turns the head timer off).
+    pub state: Option<Arc<io::ConnState>>,
 }
 
 impl ConnInfo {
@@ -51,6 +53,7 @@ impl ConnInfo {
                 .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
             listener,
             h2,
+            state: None,
         }
     }
 }

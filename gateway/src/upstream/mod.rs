@@ -8,6 +8,7 @@
 pub mod forward;
 pub mod pool;
 pub mod proxy;
+pub mod tunnel;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -50,6 +50,8 @@ pub struct ForwardConfig {
     pub trusted_proxies: Arc<[IpNet]>,
     pub retry: Option<RetryPolicy>,
     pub fallback: Option<Fallback>,
+    /// WebSocket upgrades allowed, and the idle timeout of their tunnels.
+    pub websocket: Option<Duration>,
 }
 
 /// Marks a response as the route's degraded answer (for the access log).
@@ -163,6 +165,11 @@ async fn forward(
         total_timeout: cfg.total_timeout,
     };
     let (mut parts, mut body) = req.into_parts();
+    if let Some(idle) = cfg.websocket {
+        if super::tunnel::is_upgrade(&parts) {
+            return super::tunnel::forward(&cfg, parts, body, idle).await;
+        }
+    }
     let hash = {
         let client = parts.extensions.get::<ClientIp>().map(|c| c.0);
         let path = parts

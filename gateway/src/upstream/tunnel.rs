@@ -1,0 +1,189 @@
+//! WebSocket (and other HTTP/1.1 `Upgrade`) tunnels, on routes with `websocket = true`.
+//!
+//! The upgrade request goes to a target the balancer picks, on a connection of its own (never
+//! pooled), with `Connection: upgrade` and `Upgrade` kept. If the upstream answers 101, both
+//! connections are handed over and bytes are copied both ways until either side closes, the
+//! tunnel is idle (no byte either way) for `idle_timeout`, or the gateway drains. Anything
+//! else the upstream answers goes back to the client as a normal response.
+//!
+//! A tunnel belongs to no config generation: reloads never touch it. On routes without
+//! `websocket = true` the `Upgrade` header is removed like any hop-by-hop header, so the
+//! upstream sees a plain request.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{CONNECTION, UPGRADE};
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::forward;
+use super::proxy::ForwardConfig;
+use crate::balance::PickCtx;
+use crate::body::{ReqBody, ResBody};
+use crate::edge::ConnInfo;
+use crate::error::GatewayError;
+use crate::policy::observe::ClientIp;
+use crate::route::rewrite::OriginalPath;
+
+/// An HTTP/1.1 request asking to switch protocols.
+pub fn is_upgrade(parts: &http::request::Parts) -> bool {
+    parts.version == http::Version::HTTP_11
+        && parts.headers.contains_key(UPGRADE)
+        && parts
+            .headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+pub async fn forward(
+    cfg: &ForwardConfig,
+    mut parts: http::request::Parts,
+    body: ReqBody,
+    idle_timeout: Duration,
+) -> Result<Response<ResBody>, GatewayError> {
+    let up = &cfg.upstream;
+    let upgrade = parts.headers.get(UPGRADE).cloned();
+    let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let conn = parts.extensions.get::<Arc<ConnInfo>>().cloned();
+    let hash = {
+        let client = parts.extensions.get::<ClientIp>().map(|c| c.0);
+        let path = parts
+            .extensions
+            .get::<OriginalPath>()
+            .map_or(parts.uri.path(), |p| p.0.as_str());
+        up.request_hash(&parts, client, path)?
+    };
+    {
+        let c = conn.as_deref();
+        let hop = forward::Hop {
+            peer: c.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.peer.ip()),
+            peer_header: c.map(|c| &c.peer_header),
+            https: c.is_some_and(|c| c.listener.https),
+            trusted_proxies: &cfg.trusted_proxies,
+            host_rewrite: cfg.host_rewrite.as_ref(),
+        };
+        forward::prepare(&mut parts, &hop)?;
+    }
+    parts.extensions.clear();
+    // The hop-by-hop pair an upgrade needs, put back after `prepare` removed it.
+    parts
+        .headers
+        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(u) = &upgrade {
+        parts.headers.insert(UPGRADE, u.clone());
+    }
+    let (Some(client_upgrade), Some(upgrade)) = (client_upgrade, upgrade) else {
+        return Err(GatewayError::BadRequest(
+            "upgrade not possible on this connection",
+        ));
+    };
+
+    let load = |i: usize| up.shards[i].serving().map_or(0, |e| e.in_flight());
+    let pick = {
+        let ctx = PickCtx { hash, load: &load };
+        up.balancer
+            .load()
+            .algo
+            .pick(&ctx, &mut |i| up.shards[i].is_up())
+    };
+    let Some(ep) = pick.and_then(|i| up.shards[i].serving().cloned()) else {
+        return Err(GatewayError::NoTarget);
+    };
+    let stream =
+        match tokio::time::timeout(up.config.connect_timeout, TcpStream::connect(ep.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                ep.metrics.connect_error.inc();
+                return Err(GatewayError::Connect(e));
+            }
+            Err(_) => {
+                ep.metrics.connect_error.inc();
+                return Err(GatewayError::Connect(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )));
+            }
+        };
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(GatewayError::Upstream)?;
+    tokio::spawn(async move {
+        let _ = connection.with_upgrades().await;
+    });
+    let req = Request::from_parts(parts, body);
+    let answer = tokio::time::timeout(cfg.timeout, sender.send_request(req)).await;
+    let mut res = match answer {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            ep.metrics.reset.inc();
+            return Err(GatewayError::Upstream(e));
+        }
+        Err(_) => {
+            ep.metrics.timeout.inc();
+            return Err(GatewayError::UpstreamTimeout);
+        }
+    };
+    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // Refused (or not a WebSocket endpoint): an ordinary answer.
+        ep.metrics.ok.inc();
+        let (mut parts, body) = res.into_parts();
+        forward::strip_hop_by_hop(&mut parts.headers);
+        return Ok(Response::from_parts(parts, ResBody::Tunnel(body)));
+    }
+    ep.metrics.ok.inc();
+    let upstream_upgrade = hyper::upgrade::on(&mut res);
+    let (mut head, _) = res.into_parts();
+    forward::strip_hop_by_hop(&mut head.headers);
+    head.headers
+        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    head.headers.insert(UPGRADE, upgrade);
+    if let Some(state) = conn.as_ref().and_then(|c| c.state.as_ref()) {
+        state.set_upgraded();
+    }
+    let state = conn.as_ref().and_then(|c| c.state.clone());
+    let endpoint = ep.clone();
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        endpoint.metrics.in_flight.inc();
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        tokio::pin!(copy);
+        loop {
+            let idle_until = state
+                .as_ref()
+                .map_or_else(tokio::time::Instant::now, |s| s.last_io())
+                + idle_timeout;
+            tokio::select! {
+                r = &mut copy => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "tunnel ended with an error");
+                    }
+                    break;
+                }
+                () = tokio::time::sleep_until(idle_until) => {
+                    let last = state.as_ref().map(|s| s.last_io());
+                    if last.is_none_or(|l| l + idle_timeout <= tokio::time::Instant::now()) {
+                        tracing::debug!("tunnel idle for idle_timeout: closing");
+                        break;
+                    }
+                }
+            }
+        }
+        endpoint.metrics.in_flight.dec();
+    });
+    Ok(Response::from_parts(head, ResBody::empty()))
+}
