@@ -299,7 +299,15 @@ pub fn spawn_signal_reloads(shared: &Arc<Shared>) {
 /// was does nothing.
 pub fn spawn_file_watch(shared: &Arc<Shared>, path: &Path) {
     use notify::{RecursiveMode, Watcher};
-    let file: PathBuf = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    // Not canonicalized: a ConfigMap's file is a symlink into a directory the kubelet
+    // replaces; the directory that holds the name is the one to watch.
+    let file: PathBuf = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    };
     let Some(dir) = file.parent().map(Path::to_path_buf) else {
         return;
     };
