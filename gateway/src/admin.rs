@@ -146,6 +146,7 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 StatusCode::OK,
                 &json!({
                     "generation": rt.generation,
+                    "pid": std::process::id(),
                     "path": rt.config.path.display().to_string(),
                     "config": rt.config.redacted,
                 }),

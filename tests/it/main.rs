@@ -18,4 +18,5 @@ mod proxy;
 mod rate_limit;
 mod reload;
 mod resilience;
+mod restart;
 mod security;

@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod h1;
+pub mod handover;
 pub mod io;
 pub mod proxy_protocol;
 pub mod reload;
@@ -80,6 +81,10 @@ pub struct Shared {
     pub reload_lock: tokio::sync::Mutex<()>,
     /// The running accept loops, by listener name.
     pub listeners: std::sync::Mutex<std::collections::HashMap<String, reload::ListenerHandle>>,
+    /// A duplicate of the admin socket (handed over on a binary upgrade too).
+    admin_socket: std::sync::Mutex<Option<std::net::TcpListener>>,
+    /// A new process took over our sockets (SIGUSR2): drain and exit.
+    pub handed_over: Notify,
 }
 
 impl Shared {
@@ -95,7 +100,24 @@ impl Shared {
             connections_done: Notify::new(),
             reload_lock: tokio::sync::Mutex::new(()),
             listeners: std::sync::Mutex::new(std::collections::HashMap::new()),
+            admin_socket: std::sync::Mutex::new(None),
+            handed_over: Notify::new(),
         }
+    }
+
+    /// Duplicates of the listening sockets, by listener name (`admin` for the admin port),
+    /// for a binary upgrade.
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<(String, std::os::fd::OwnedFd)>> {
+        let mut out = Vec::new();
+        if let Ok(h) = self.listeners.lock() {
+            for (name, l) in h.iter() {
+                out.push((name.clone(), l.socket.try_clone()?.into()));
+            }
+        }
+        if let Ok(Some(admin)) = self.admin_socket.lock().as_deref() {
+            out.push(("admin".to_string(), admin.try_clone()?.into()));
+        }
+        Ok(out)
     }
 
     /// Resolves (changes to `true`) when the gateway starts draining.
@@ -136,20 +158,29 @@ impl Bound {
     }
 }
 
-/// Bind every listener and the admin port of `config`.
+/// Bind every listener and the admin port of `config`, or take them over from the process
+/// this one replaces (`handover.rs`).
 pub fn bind(config: &Config) -> Result<Bound, String> {
+    let mut inherited = handover::Inherited::from_env();
     let mut listeners = Vec::new();
     for l in &config.listeners {
-        let socket = bind_one(l.listen)
-            .map_err(|e| format!("listener {:?}: cannot listen on {}: {e}", l.name, l.listen))?;
+        let socket = match inherited.take(&l.name, l.listen) {
+            Some(s) => s,
+            None => bind_one(l.listen).map_err(|e| {
+                format!("listener {:?}: cannot listen on {}: {e}", l.name, l.listen)
+            })?,
+        };
         listeners.push((l.name.clone(), socket));
     }
     let admin = match &config.admin {
-        Some(a) => Some(
-            bind_one(a.listen).map_err(|e| format!("admin: cannot listen on {}: {e}", a.listen))?,
-        ),
+        Some(a) => Some(match inherited.take("admin", a.listen) {
+            Some(s) => s,
+            None => bind_one(a.listen)
+                .map_err(|e| format!("admin: cannot listen on {}: {e}", a.listen))?,
+        }),
         None => None,
     };
+    // Sockets the new config no longer has are closed here (dropped).
     Ok(Bound { listeners, admin })
 }
 
@@ -187,30 +218,39 @@ pub async fn serve(
     let shared = Arc::new(Shared::new(runtime, metrics, ids));
 
     for (name, std_listener) in bound.listeners {
-        let listener =
-            TcpListener::from_std(std_listener).map_err(|e| format!("listener {name:?}: {e}"))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let addr = std_listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(listener = %name, %addr, "listener bound");
-        let stop = spawn_accept(listener, name.clone(), shared.clone());
         let configured = configured
             .iter()
             .find(|(n, _)| *n == name)
             .map_or(addr, |(_, a)| *a);
+        let handle = spawn_accept(std_listener, name.clone(), configured, shared.clone())
+            .map_err(|e| format!("listener {name:?}: {e}"))?;
         if let Ok(mut h) = shared.listeners.lock() {
-            h.insert(name, reload::ListenerHandle { configured, stop });
+            h.insert(name, handle);
         }
     }
     reload::spawn_signal_reloads(&shared);
     reload::spawn_file_watch(&shared, &path);
     if let Some(std_listener) = bound.admin {
+        if let (Ok(mut slot), Ok(dup)) = (shared.admin_socket.lock(), std_listener.try_clone()) {
+            *slot = Some(dup);
+        }
         let listener = TcpListener::from_std(std_listener).map_err(|e| format!("admin: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(%addr, "admin bound");
         tokio::spawn(crate::admin::serve(listener, shared.clone()));
     }
-    tracing::info!(%summary, generation = 1, "gateway ready");
+    tracing::info!(%summary, generation = 1, pid = std::process::id(), "gateway ready");
+    handover::announce_ready();
+    handover::spawn_upgrade_on_signal(&shared);
 
-    shutdown.await;
+    tokio::select! {
+        () = shutdown => {}
+        () = shared.handed_over.notified() => {
+            tracing::info!("the new process serves now: draining");
+        }
+    }
 
     let open = shared.open_connections();
     tracing::info!(
@@ -264,20 +304,27 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Start accepting on `listener`; the returned sender stops it (a reload removed or moved
+/// Start accepting on `listener`; the handle's sender stops it (a reload removed or moved
 /// the listener). It also stops when the gateway drains.
 pub(crate) fn spawn_accept(
-    listener: TcpListener,
+    socket: std::net::TcpListener,
     name: String,
+    configured: SocketAddr,
     shared: Arc<Shared>,
-) -> watch::Sender<bool> {
+) -> std::io::Result<reload::ListenerHandle> {
+    let dup = socket.try_clone()?;
+    let listener = TcpListener::from_std(socket)?;
     let (stop, stopped) = watch::channel(false);
     let done = stop.clone();
     tokio::spawn(async move {
         accept_loop(listener, name, shared, stopped).await;
         done.send_replace(true);
     });
-    stop
+    Ok(reload::ListenerHandle {
+        configured,
+        stop,
+        socket: dup,
+    })
 }
 
 async fn accept_loop(

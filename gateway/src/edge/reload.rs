@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::Shared;
@@ -31,6 +30,9 @@ pub struct ListenerHandle {
     /// The configured address (port 0 stays 0: tests bind ephemeral ports).
     pub configured: SocketAddr,
     pub stop: watch::Sender<bool>,
+    /// A duplicate of the listening socket (for a binary upgrade's hand-over); dropped with
+    /// the handle, so a removed listener's port is closed.
+    pub socket: std::net::TcpListener,
 }
 
 /// What a reload did, for the admin response and the log.
@@ -262,13 +264,12 @@ fn start_listeners(shared: &Arc<Shared>, config: &config::Config, added: Bound, 
         if let Some(old) = handles.remove(&name) {
             old.stop.send_replace(true);
         }
-        match TcpListener::from_std(socket) {
-            Ok(listener) => {
-                if let Ok(addr) = listener.local_addr() {
-                    tracing::info!(listener = %name, %addr, "listener bound");
-                }
-                let stop = super::spawn_accept(listener, name.clone(), shared.clone());
-                handles.insert(name, ListenerHandle { configured, stop });
+        if let Ok(addr) = socket.local_addr() {
+            tracing::info!(listener = %name, %addr, "listener bound");
+        }
+        match super::spawn_accept(socket, name.clone(), configured, shared.clone()) {
+            Ok(handle) => {
+                handles.insert(name, handle);
             }
             Err(e) => tracing::error!(listener = %name, error = %e, "cannot use the new listener"),
         }
