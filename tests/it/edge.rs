@@ -500,6 +500,9 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     while slow.state.requests() == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // A connection accepted before the drain that has not asked anything yet.
+    let mut early = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
     gw.sigterm();
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Draining: not ready any more, and no new connections are accepted.
@@ -511,6 +514,23 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         TcpStream::connect(addr).await.is_err(),
         "still accepting while draining"
     );
+    // It still gets an answer to its first request (HTTP/1 has no GOAWAY: closing it
+    // unasked would fail a request already on the wire), then the connection closes.
+    early
+        .write_all(b"GET /early HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut early, &mut answer),
+    )
+    .await
+    .expect("the early connection is answered and closed")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
     // The in-flight request finishes normally.
     let res = in_flight.await.unwrap();
     assert_eq!(res.status, StatusCode::OK);
