@@ -34,3 +34,35 @@ pub fn rfc3339(ms: u64) -> String {
     let t = UNIX_EPOCH + std::time::Duration::from_millis(to_unix_ms(ms));
     humantime::format_rfc3339_millis(t).to_string()
 }
+
+/// Milliseconds on the kernel's coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`: updated
+/// once per tick, read without touching the hardware counter). For per-request timestamps
+/// that only feed second-scale timers (idle, stall), where a few milliseconds do not matter
+/// and a full clock read per byte moved would.
+#[cfg(target_os = "linux")]
+pub fn coarse_ms() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Elsewhere: the precise clock.
+#[cfg(not(target_os = "linux"))]
+pub fn coarse_ms() -> u64 {
+    now_ms()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_coarse_clock_moves_forward_with_the_precise_one() {
+        let (c0, p0) = (coarse_ms(), now_ms());
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        let (c1, p1) = (coarse_ms(), now_ms());
+        let (dc, dp) = (c1 - c0, p1 - p0);
+        assert!(dp >= 60);
+        // One kernel tick (1–10 ms) of lag at most on each end.
+        assert!(dc + 25 >= dp && dc <= dp + 25, "coarse {dc} ms vs precise {dp} ms");
+    }
+}

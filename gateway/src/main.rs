@@ -231,10 +231,16 @@ fn token(t: TokenArgs) -> ExitCode {
     }
 }
 
+/// One worker thread: a single-threaded scheduler (no work stealing, no cross-thread wake-ups:
+/// the cheapest per request, like one nginx worker). More: tokio's work-stealing scheduler.
 fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
+    let mut b = if worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     b.enable_all();
-    if worker_threads > 0 {
+    if worker_threads > 1 {
         b.worker_threads(worker_threads);
     }
     b.build()

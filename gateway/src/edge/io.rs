@@ -37,6 +37,8 @@ const MAX_SCANNED_HEAD: usize = 1 << 20;
 #[derive(Debug)]
 pub struct ConnState {
     started: Instant,
+    /// `started` on the coarse clock (`clock::coarse_ms`).
+    started_coarse_ms: u64,
     /// Outstanding halves of requests: each request counts 2 while its response is being
     /// written and its body being read; 0 means nothing is in flight.
     busy: AtomicUsize,
@@ -63,6 +65,7 @@ impl ConnState {
     pub fn new() -> Self {
         Self {
             started: Instant::now(),
+            started_coarse_ms: crate::clock::coarse_ms(),
             busy: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             last_request_ms: AtomicU64::new(0),
@@ -117,8 +120,10 @@ impl ConnState {
         }
     }
 
+    /// Milliseconds since the connection started, on the coarse clock: these stamps are
+    /// taken on every read and write and only feed second-scale timers.
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        crate::clock::coarse_ms().saturating_sub(self.started_coarse_ms)
     }
 
     fn at(&self, ms: u64) -> Instant {
@@ -211,6 +216,10 @@ struct HeadTimer {
     capture: Vec<u8>,
     capturing: bool,
     max_capture: usize,
+    /// When the head being read started (`clock::coarse_ms`).
+    head_started_ms: u64,
+    /// Whether `sleep` is set for the head being read.
+    armed: bool,
 }
 
 struct Linger {
@@ -236,6 +245,8 @@ impl<T> EdgeIo<T> {
             capture: Vec::new(),
             capturing: true,
             max_capture: MAX_SCANNED_HEAD,
+            head_started_ms: crate::clock::coarse_ms(),
+            armed: true,
         });
         Self {
             inner,
@@ -264,6 +275,16 @@ impl<T> EdgeIo<T> {
     }
 }
 
+/// Where a request head ends in `bytes` (just past its blank line), if it does: the first
+/// CRLF CRLF, or a bare LF LF (which hyper also accepts).
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    let crlf = memchr::memmem::find(bytes, b"\r\n\r\n").map(|i| i + 4);
+    // A bare LF LF before it would end the head earlier.
+    let limit = crlf.unwrap_or(bytes.len());
+    let lf = memchr::memmem::find(&bytes[..limit], b"\n\n").map(|i| i + 2);
+    lf.or(crlf)
+}
+
 impl HeadTimer {
     /// Bytes arrived: a new head starts if the connection was between requests.
     fn on_bytes(&mut self, state: &ConnState, bytes: &[u8]) {
@@ -280,7 +301,10 @@ impl HeadTimer {
         }
         if self.reading.is_none() && !state.is_busy() {
             self.reading = Some(requests);
-            self.sleep.as_mut().reset(Instant::now() + self.timeout);
+            // The timer is armed only if the head is still incomplete when the stream runs
+            // dry (`expired`): most heads arrive in one read and never need it.
+            self.head_started_ms = crate::clock::coarse_ms();
+            self.armed = false;
             self.capture.clear();
             self.capturing = true;
         }
@@ -293,19 +317,18 @@ impl HeadTimer {
     /// request is in flight) are not captured: hyper's normalisation and our re-framing keep
     /// them from being read two ways.
     fn scan(&mut self, state: &ConnState, bytes: &[u8]) {
+        if self.capture.is_empty() {
+            // The usual case: the whole head arrived in one read. Judge it in place.
+            if let Some(end) = head_end(bytes) {
+                let verdict = super::h1::scan_head(&bytes[..end]).map_or(0, |i| i + 1);
+                state.head_verdict.store(verdict, Ordering::Release);
+                self.capturing = false;
+                return;
+            }
+        }
         let from = self.capture.len().saturating_sub(3);
         self.capture.extend_from_slice(bytes);
-        let window = &self.capture[from..];
-        let end = window
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map(|i| from + i + 4)
-            .or_else(|| {
-                window
-                    .windows(2)
-                    .position(|w| w == b"\n\n")
-                    .map(|i| from + i + 2)
-            });
+        let end = head_end(&self.capture[from..]).map(|e| from + e);
         match end {
             Some(end) => {
                 let verdict = super::h1::scan_head(&self.capture[..end]).map_or(0, |i| i + 1);
@@ -335,6 +358,12 @@ impl HeadTimer {
             // The head was complete; the body or the next request is not our business.
             self.reading = None;
             return false;
+        }
+        if !self.armed {
+            let waited = crate::clock::coarse_ms().saturating_sub(self.head_started_ms);
+            let left = self.timeout.saturating_sub(Duration::from_millis(waited));
+            self.sleep.as_mut().reset(Instant::now() + left);
+            self.armed = true;
         }
         self.sleep.as_mut().poll(cx).is_ready()
     }
