@@ -132,6 +132,44 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
             );
             res
         }
+        (&Method::GET, "/") | (&Method::GET, "/index.html") => {
+            // The page itself holds no data: what it shows comes from the two endpoints
+            // below, which need the admin token when one is set.
+            let mut res = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
+            let h = res.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            h.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+                ),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            h.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            h.insert(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            );
+            res
+        }
+        (&Method::GET, "/admin/status") => {
+            json_response(StatusCode::OK, &shared.status.snapshot(shared))
+        }
+        (&Method::GET, "/admin/events") => {
+            let since = query_u64(req.uri().query(), "since").unwrap_or(0);
+            let limit = query_u64(req.uri().query(), "limit").map_or(200, |l| l.min(500) as usize);
+            let (events, last_id) = crate::events::since(since, limit);
+            json_response(
+                StatusCode::OK,
+                &json!({ "events": events, "last_id": last_id, "capacity": crate::events::CAPACITY }),
+            )
+        }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if shared.is_draining() {
@@ -215,6 +253,16 @@ pub fn upstreams(shared: &Shared) -> serde_json::Value {
         })
         .collect();
     json!({ "generation": rt.generation, "upstreams": list })
+}
+
+/// The status page (`GET /` on the admin port): HTML, CSS and JS in one file, in the binary.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// `name=N` from a query string.
+fn query_u64(query: Option<&str>, name: &str) -> Option<u64> {
+    query?
+        .split('&')
+        .find_map(|p| p.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
 }
 
 /// Constant-time comparison of the bearer token.

@@ -63,6 +63,9 @@ mod tests {
         let (dc, dp) = (c1 - c0, p1 - p0);
         assert!(dp >= 60);
         // One kernel tick (1–10 ms) of lag at most on each end.
-        assert!(dc + 25 >= dp && dc <= dp + 25, "coarse {dc} ms vs precise {dp} ms");
+        assert!(
+            dc + 25 >= dp && dc <= dp + 25,
+            "coarse {dc} ms vs precise {dp} ms"
+        );
     }
 }

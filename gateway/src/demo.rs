@@ -113,8 +113,8 @@ fn print_banner(config: &Config, bound: &crate::edge::Bound, backends: usize, to
     }
     if let Some(a) = &config.admin {
         out.push_str(&format!(
-            "  admin             http://{}/metrics  /readyz  /admin/upstreams  /admin/config\n",
-            a.listen
+            "  status page       http://{}/   (open it in a browser)\n  admin             http://{}/metrics  /readyz  /admin/status  /admin/events  /admin/upstreams  /admin/config\n",
+            a.listen, a.listen
         ));
     }
     out.push_str("\nTry:\n");

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Modules are listed in request order; `stack.rs` assembles the same order as tower layers.
-//! `runtime.rs` holds one config generation; `admin.rs` and `metrics.rs` watch it all.
+//! `runtime.rs` holds one config generation; `admin.rs`, `metrics.rs`, `status.rs` and `events.rs` watch it all.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::panic))]
 
@@ -28,9 +28,11 @@ pub mod body;
 pub mod clock;
 pub mod demo;
 pub mod error;
+pub mod events;
 pub mod explain;
 pub mod metrics;
 pub mod runtime;
 pub mod stack;
+pub mod status;
 pub mod telemetry;
 pub mod token;

@@ -20,3 +20,4 @@ mod reload;
 mod resilience;
 mod restart;
 mod security;
+mod status_page;

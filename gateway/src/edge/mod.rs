@@ -85,6 +85,8 @@ pub struct Shared {
     admin_socket: std::sync::Mutex<Option<std::net::TcpListener>>,
     /// A new process took over our sockets (SIGUSR2): drain and exit.
     pub handed_over: Notify,
+    /// The readings behind `/admin/status` (touched only when someone asks).
+    pub status: crate::status::Sampler,
 }
 
 impl Shared {
@@ -99,6 +101,7 @@ impl Shared {
             connections: AtomicUsize::new(0),
             connections_done: Notify::new(),
             reload_lock: tokio::sync::Mutex::new(()),
+            status: crate::status::Sampler::default(),
             listeners: std::sync::Mutex::new(std::collections::HashMap::new()),
             admin_socket: std::sync::Mutex::new(None),
             handed_over: Notify::new(),

@@ -76,6 +76,16 @@ pub enum Trigger {
     FileChanged,
 }
 
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Signal => "SIGHUP",
+            Trigger::Admin => "POST /admin/reload",
+            Trigger::FileChanged => "file changed",
+        }
+    }
+}
+
 /// Reload the config file of the running generation (or only report what would change).
 pub async fn reload(shared: &Arc<Shared>, trigger: Trigger, dry_run: bool) -> Report {
     reload_from(shared, trigger, dry_run, None).await
@@ -124,6 +134,7 @@ pub async fn reload_from(
                 for e in &errors {
                     tracing::error!(error = %e, ?trigger, "config reload refused; the running config stays");
                 }
+                refused_event(&current, trigger, &errors);
             }
             return Report::error(current.generation, errors);
         }
@@ -160,6 +171,7 @@ pub async fn reload_from(
                 .with_label_values(&["error"])
                 .inc();
             tracing::error!(error = %e, "config reload refused; the running config stays");
+            refused_event(&current, trigger, std::slice::from_ref(&e));
             return Report::error(current.generation, vec![e]);
         }
     };
@@ -178,6 +190,7 @@ pub async fn reload_from(
                 .with_label_values(&["error"])
                 .inc();
             tracing::error!(error = %e, "config reload refused; the running config stays");
+            refused_event(&current, trigger, std::slice::from_ref(&e));
             return Report::error(current.generation, vec![e]);
         }
     };
@@ -204,6 +217,16 @@ pub async fn reload_from(
     for (u, m) in &d.key_moves {
         tracing::info!(upstream = %u, "{}", m.summary());
     }
+    crate::events::push(
+        crate::events::Kind::Reload,
+        "info",
+        config.path.display().to_string(),
+        format!(
+            "generation {generation} ({}): {}",
+            trigger.as_str(),
+            change_summary(&d)
+        ),
+    );
     Report {
         outcome: "success",
         generation,
@@ -346,4 +369,39 @@ pub fn spawn_file_watch(shared: &Arc<Shared>, path: &Path) {
             }
         }
     });
+}
+
+/// A refused reload, for the status page's events.
+fn refused_event(current: &Runtime, trigger: Trigger, errors: &[String]) {
+    crate::events::push(
+        crate::events::Kind::ReloadError,
+        "bad",
+        current.config.path.display().to_string(),
+        format!(
+            "refused ({}), generation {} stays: {}",
+            trigger.as_str(),
+            current.generation,
+            errors.join("; ")
+        ),
+    );
+}
+
+/// One line per change, for events: "route api added; users: adding users-3 moves 24.8% ...".
+fn change_summary(d: &diff::ConfigDiff) -> String {
+    let mut parts: Vec<String> = d
+        .changes
+        .iter()
+        .map(|c| format!("{} {} {}", c.kind, c.name, c.what))
+        .collect();
+    parts.extend(d.key_moves.iter().map(|(_, m)| m.summary()));
+    parts.extend(
+        d.needs_restart
+            .iter()
+            .map(|r| format!("{r} changed (needs a restart)")),
+    );
+    if parts.is_empty() {
+        "no change".into()
+    } else {
+        parts.join("; ")
+    }
 }

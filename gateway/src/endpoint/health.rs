@@ -63,10 +63,19 @@ pub fn spawn(upstream: Weak<UpstreamRt>, endpoint: Weak<Endpoint>, policy: Healt
                 if ep.set_healthy(healthy) {
                     let up = upstream.upgrade();
                     let name = up.as_ref().map_or("", |u| u.name.as_str());
+                    let last = ep.last_probe();
+                    let why = last.as_ref().map_or(String::new(), |p| match (&p.error, p.status) {
+                        (Some(e), _) => format!(": {e}"),
+                        (None, Some(s)) => format!(": probe answered {s}"),
+                        (None, None) => String::new(),
+                    });
+                    let subject = format!("{name}/{}", ep.id);
                     if healthy {
                         tracing::info!(upstream = name, target = %ep.id, "health: target is up again");
+                        crate::events::push(crate::events::Kind::Health, "good", subject, format!("up again after {successes} good probes"));
                     } else {
                         tracing::warn!(upstream = name, target = %ep.id, "health: target is down");
+                        crate::events::push(crate::events::Kind::Health, "bad", subject, format!("down after {failures} failed probes{why}"));
                     }
                     if let Some(up) = up {
                         up.changed();

@@ -260,6 +260,16 @@ impl UpstreamRt {
             until = %clock::rfc3339(until),
             "outlier: target ejected after consecutive failures"
         );
+        crate::events::push(
+            crate::events::Kind::Ejection,
+            "bad",
+            format!("{}/{}", self.name, ep.id),
+            format!(
+                "ejected after consecutive failures until {} (ejection #{})",
+                clock::rfc3339(until),
+                outlier.ejections()
+            ),
+        );
         self.changed();
     }
 }

@@ -357,6 +357,17 @@ fn record(up: &UpstreamRt, ep: &Endpoint, permit: Permit<'_>, failure: bool) {
     let r = permit.record(failure, clock::now_ms());
     if let Some(state) = r.circuit {
         tracing::warn!(upstream = %up.name, target = %ep.id, circuit = state.as_str(), "circuit breaker changed state");
+        let severity = match state.as_str() {
+            "closed" => "good",
+            "open" => "bad",
+            _ => "info",
+        };
+        crate::events::push(
+            crate::events::Kind::Circuit,
+            severity,
+            format!("{}/{}", up.name, ep.id),
+            format!("circuit {}", state.as_str().replace('_', "-")),
+        );
         up.changed();
     }
     if r.wants_ejection {

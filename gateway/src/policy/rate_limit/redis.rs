@@ -113,8 +113,23 @@ impl RedisStore {
         }
         if down {
             tracing::warn!(reason = why, on_error = ?self.on_error, "redis: unreachable, rate limits fall back to on_error");
+            crate::events::push(
+                crate::events::Kind::StoreFallback,
+                "bad",
+                "redis",
+                format!(
+                    "unreachable ({why}): rate limits fall back to on_error = {:?}",
+                    self.on_error
+                ),
+            );
         } else {
             tracing::info!("redis: reachable again, shared rate limits are back");
+            crate::events::push(
+                crate::events::Kind::StoreFallback,
+                "good",
+                "redis",
+                "reachable again: shared rate limits are back",
+            );
         }
         if let Ok(g) = self.gauges.lock() {
             for gauge in g.iter() {
