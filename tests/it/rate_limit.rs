@@ -330,6 +330,24 @@ async fn losing_redis_degrades_as_configured_and_the_shared_limit_comes_back() {
         .all()
         .iter()
         .any(|l| l.contains("redis: reachable again")));
+    // Both transitions are events for the status page, in order.
+    let ev = get(gws[0].admin(), "/admin/events").await.json();
+    let fallbacks: Vec<(&str, &str)> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "store_fallback" && e["severity"] != "info")
+        .map(|e| {
+            (
+                e["severity"].as_str().unwrap(),
+                e["detail"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(fallbacks.len() >= 2, "{ev}");
+    assert_eq!(fallbacks[0].0, "bad");
+    assert!(fallbacks[0].1.contains("unreachable"), "{fallbacks:?}");
+    assert_eq!(fallbacks.last().unwrap().0, "good");
     drop(redis);
 }
 

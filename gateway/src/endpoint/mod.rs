@@ -143,20 +143,27 @@ impl Endpoint {
         self.metrics.in_flight.get()
     }
 
-    /// Ask the circuit for permission to send: `Err` means fail fast (nothing counted).
-    pub fn admit(&self, now_ms: u64) -> Result<Permit<'_>, Option<CircuitState>> {
+    /// Ask the circuit for permission to send: `None` means fail fast (nothing counted).
+    /// Also says whether asking moved the circuit (open → half-open once `open_for` is over).
+    pub fn admit(&self, now_ms: u64) -> (Option<Permit<'_>>, Option<CircuitState>) {
         match &self.breaker {
-            None => Ok(Permit {
-                endpoint: self,
-                ticket: None,
-            }),
-            Some(b) => match b.acquire(now_ms) {
-                (Some(t), _) => Ok(Permit {
+            None => (
+                Some(Permit {
                     endpoint: self,
-                    ticket: Some(t),
+                    ticket: None,
                 }),
-                (None, moved) => Err(moved),
-            },
+                None,
+            ),
+            Some(b) => {
+                let (ticket, moved) = b.acquire(now_ms);
+                (
+                    ticket.map(|t| Permit {
+                        endpoint: self,
+                        ticket: Some(t),
+                    }),
+                    moved,
+                )
+            }
         }
     }
 }

@@ -35,6 +35,7 @@ use crate::body::{caused_by, BodyProgress, BodyTooLarge, ClientBodyError, ReqBod
 use crate::clock;
 use crate::config::{Fallback, RetryPolicy};
 use crate::edge::ConnInfo;
+use crate::endpoint::breaker::CircuitState;
 use crate::endpoint::{Endpoint, Permit};
 use crate::error::GatewayError;
 use crate::policy::observe::ClientIp;
@@ -356,23 +357,28 @@ enum Attempt {
 fn record(up: &UpstreamRt, ep: &Endpoint, permit: Permit<'_>, failure: bool) {
     let r = permit.record(failure, clock::now_ms());
     if let Some(state) = r.circuit {
-        tracing::warn!(upstream = %up.name, target = %ep.id, circuit = state.as_str(), "circuit breaker changed state");
-        let severity = match state.as_str() {
-            "closed" => "good",
-            "open" => "bad",
-            _ => "info",
-        };
-        crate::events::push(
-            crate::events::Kind::Circuit,
-            severity,
-            format!("{}/{}", up.name, ep.id),
-            format!("circuit {}", state.as_str().replace('_', "-")),
-        );
-        up.changed();
+        circuit_moved(up, ep, state);
     }
     if r.wants_ejection {
         up.try_eject(ep);
     }
+}
+
+/// A circuit changed state (rare): log it, tell the status page, rebuild the up set.
+fn circuit_moved(up: &UpstreamRt, ep: &Endpoint, state: CircuitState) {
+    tracing::warn!(upstream = %up.name, target = %ep.id, circuit = state.as_str(), "circuit breaker changed state");
+    let severity = match state.as_str() {
+        "closed" => "good",
+        "open" => "bad",
+        _ => "info",
+    };
+    crate::events::push(
+        crate::events::Kind::Circuit,
+        severity,
+        format!("{}/{}", up.name, ep.id),
+        format!("circuit {}", state.as_str().replace('_', "-")),
+    );
+    up.changed();
 }
 
 async fn send(
@@ -381,14 +387,12 @@ async fn send(
     mut req: Request<ReqBody>,
     timing: &Timing,
 ) -> Attempt {
-    let permit = match ep.admit(clock::now_ms()) {
-        Ok(p) => p,
-        Err(moved) => {
-            if moved.is_some() {
-                up.changed();
-            }
-            return Attempt::NotSent(req, None);
-        }
+    let (permit, moved) = ep.admit(clock::now_ms());
+    if let Some(state) = moved {
+        circuit_moved(up, ep, state);
+    }
+    let Some(permit) = permit else {
+        return Attempt::NotSent(req, None);
     };
     loop {
         let (mut sender, reused) = match ep.pool.take_idle() {

@@ -67,6 +67,10 @@ pub struct RedisStore {
     on_error: OnError,
     /// Redis failed and has not answered a probe since.
     down: AtomicBool,
+    /// Redis answered at least once (the first answer is "connected", later ones "back").
+    ever_up: AtomicBool,
+    /// The first verdict (up or down) was logged.
+    announced: AtomicBool,
     /// Each policy's fallback gauge, set while down.
     gauges: Mutex<Vec<IntGauge>>,
 }
@@ -88,6 +92,8 @@ impl RedisStore {
             script: redis::Script::new(GCRA),
             on_error: cfg.on_error,
             down: AtomicBool::new(true),
+            ever_up: AtomicBool::new(false),
+            announced: AtomicBool::new(false),
             gauges: Mutex::new(Vec::new()),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -108,7 +114,12 @@ impl RedisStore {
     }
 
     fn set_down(&self, down: bool, why: &str) {
-        if self.down.swap(down, Ordering::Relaxed) == down {
+        let was_down = self.down.swap(down, Ordering::Relaxed);
+        // The store starts as down (until Redis first answers): the first verdict is always
+        // told, so a Redis unreachable from the start is logged too.
+        let first = !self.announced.load(Ordering::Relaxed)
+            && !self.announced.swap(true, Ordering::Relaxed);
+        if was_down == down && !first {
             return;
         }
         if down {
@@ -121,6 +132,14 @@ impl RedisStore {
                     "unreachable ({why}): rate limits fall back to on_error = {:?}",
                     self.on_error
                 ),
+            );
+        } else if !self.ever_up.swap(true, Ordering::Relaxed) {
+            tracing::info!("redis: connected, shared rate limits are in Redis");
+            crate::events::push(
+                crate::events::Kind::StoreFallback,
+                "info",
+                "redis",
+                "connected: shared rate limits are in Redis",
             );
         } else {
             tracing::info!("redis: reachable again, shared rate limits are back");
