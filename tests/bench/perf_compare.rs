@@ -665,13 +665,15 @@ fn main() {
             .expect("start origin"),
     );
     wait_listening(origin);
+    let origin_pid = _origin.0.id();
 
     let mut samples: BTreeMap<(String, String), Vec<Sample>> = BTreeMap::new();
     let mut idle: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
-    // The bare origin, for scale: what a proxy adds on top of it.
+    // The bare origin, for scale: its own CPU per request is the floor a proxy's cost is
+    // compared with (a proxy does about twice an origin's work: two sockets per request).
     let bare = Running {
         _proc: Proc(Command::new("true").spawn().unwrap()),
-        pid: std::process::id(),
+        pid: origin_pid,
         http: origin,
         https: origin,
     };
@@ -681,11 +683,7 @@ fn main() {
         samples
             .entry(("origin".into(), "h1".into()))
             .or_default()
-            .push(Sample {
-                cpu_per_100k: 0.0,
-                rss_kib: 0,
-                ..s
-            });
+            .push(Sample { rss_kib: 0, ..s });
         for name in ["gateway", "nginx", "haproxy"] {
             eprintln!("round {round}/{rounds}: {name}");
             let pdir = dir.path().join(format!("{name}-{round}"));

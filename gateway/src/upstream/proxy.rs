@@ -168,7 +168,8 @@ async fn forward(
     let (mut parts, mut body) = req.into_parts();
     if let Some(idle) = cfg.websocket {
         if super::tunnel::is_upgrade(&parts) {
-            return super::tunnel::forward(&cfg, parts, body, idle).await;
+            // Boxed: rare, and its state would otherwise make every request's future larger.
+            return Box::pin(super::tunnel::forward(&cfg, parts, body, idle)).await;
         }
     }
     let hash = {
@@ -406,7 +407,9 @@ async fn send(
                     d.saturating_duration_since(Instant::now())
                         .min(connect_timeout)
                 });
-                match ep.pool.connect(budget).await {
+                // Boxed: a new connection is rare on a warm pool, and the connect future would
+                // otherwise make every request's future larger.
+                match Box::pin(ep.pool.connect(budget)).await {
                     Ok(s) => (s, false),
                     Err(e) => {
                         ep.metrics.connect_error.inc();
