@@ -7,7 +7,13 @@ use tracing_subscriber::EnvFilter;
 /// Install the global subscriber; keep the guard alive until exit so the last lines are
 /// flushed. `default` applies when `RUST_LOG` is not set.
 pub fn init(default: &str) -> WorkerGuard {
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    // 32,768 buffered lines (about half a second of access logs at 50,000 req/s) instead of
+    // the default 128,000: the queue's slots are allocated and touched up front, and the
+    // default alone is 4 MiB of resident memory. Lines beyond it are dropped, not waited for.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(32_768)
+        .lossy(true)
+        .finish(std::io::stdout());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .json()

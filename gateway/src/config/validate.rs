@@ -949,9 +949,12 @@ impl Validator<'_> {
                 self.error(o.span(), "on_missing_key only applies to hashed balancers");
             }
         }
+        // Default 5 s, as Envoy: Linux retransmits a lost SYN after 1 s, then 3 s, so a 1 s
+        // timeout fails a request whenever one SYN of a burst of new connections is dropped
+        // (seen here: 500 HTTP/2 streams opening upstream connections at once).
         let connect_timeout = self.positive_duration(
             &uf.connect_timeout,
-            Duration::from_secs(1),
+            Duration::from_secs(5),
             "connect_timeout",
         );
 
