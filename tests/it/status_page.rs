@@ -294,14 +294,14 @@ async fn the_status_page_shows_routes_targets_a_target_going_down_and_a_reload()
     // Routes and every target and backup from the config appear, up.
     b.wait_for(
         "!!document.querySelector('[data-route=\"users-api\"]') && !!document.querySelector('[data-route=\"orders-api\"]')",
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         "both routes listed",
     )
     .await;
     for t in ["users/users-0", "users/users-1", "orders/orders-0"] {
         b.wait_for(
             &format!("document.querySelector('[data-target=\"{t}\"]')?.dataset.state === 'up'"),
-            Duration::from_secs(5),
+            Duration::from_secs(10),
             &format!("{t} shown up"),
         )
         .await;
@@ -349,7 +349,7 @@ async fn the_status_page_shows_routes_targets_a_target_going_down_and_a_reload()
     );
     b.wait_for(
         "[...document.querySelectorAll('#events li[data-kind=\"health\"]')].some(li => li.innerText.includes('users-1'))",
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         "the health flip in the events",
     )
     .await;
@@ -375,19 +375,19 @@ async fn the_status_page_shows_routes_targets_a_target_going_down_and_a_reload()
     );
     b.wait_for(
         "[...document.querySelectorAll('#events li[data-kind=\"reload\"]')].some(li => li.innerText.includes('health-api'))",
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         "the reload and its diff in the events",
     )
     .await;
     b.wait_for(
         "!!document.querySelector('[data-route=\"health-api\"]')",
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         "the new route listed",
     )
     .await;
     b.wait_for(
         "Number(document.querySelector('[data-route=\"users-api\"] td:nth-child(2)').innerText) > 0",
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         "a request rate on users-api",
     )
     .await;
@@ -461,7 +461,7 @@ async fn behind_an_admin_token_the_page_asks_for_it_and_the_json_needs_it() {
     b.navigate(&format!("http://{}/", gw.admin())).await;
     b.wait_for(
         "getComputedStyle(document.querySelector('#login')).display !== 'none'",
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         "the page asks for the token",
     )
     .await;
@@ -473,7 +473,7 @@ async fn behind_an_admin_token_the_page_asks_for_it_and_the_json_needs_it() {
         .await;
     b.wait_for(
         "!!document.querySelector('[data-route=\"users-api\"]')",
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         "the page with the token",
     )
     .await;
