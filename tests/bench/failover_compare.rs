@@ -15,8 +15,8 @@
 //! check (1 s interval, 2 probes to flip), which open-source nginx does not have.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,38 +26,14 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+#[path = "common.rs"]
+mod common;
+use common::{ensure, free_port, sibling, wait_listening, Proc};
+
 const RUN: Duration = Duration::from_secs(20);
 const KILL_AT: Duration = Duration::from_secs(5);
 const RESTART_AT: Duration = Duration::from_secs(12);
 const CLIENTS: usize = 8;
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sibling(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent().expect("bin dir").join(name)
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn start_backend(addr: SocketAddr, name: &str) -> Proc {
     let child = Command::new(sibling("backend-under-test"))
@@ -68,24 +44,6 @@ fn start_backend(addr: SocketAddr, name: &str) -> Proc {
         .expect("start backend");
     wait_listening(addr);
     Proc(child)
-}
-
-fn ensure_nginx() {
-    if Command::new("sh")
-        .arg("-c")
-        .arg("command -v nginx")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        return;
-    }
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg("(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx")
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "could not install nginx (run as root)");
 }
 
 fn start_nginx(dir: &Path, listen: SocketAddr, backends: &[SocketAddr]) -> Proc {
@@ -289,7 +247,9 @@ async fn scenario(name: &'static str, dir: &Path) -> Outcome {
         .collect();
 
     tokio::time::sleep(KILL_AT).await;
-    drop(procs[1].take()); // SIGKILL
+    if let Some(victim) = procs[1].take() {
+        victim.kill_now(); // SIGKILL: a crash
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let tomb = tokio::spawn(tombstone(backends[1], start, stop.clone()));
     let killed_at = start.elapsed();
@@ -329,7 +289,7 @@ fn secs(d: Option<Duration>) -> String {
 }
 
 fn main() {
-    ensure_nginx();
+    ensure("nginx", &["nginx-light", "nginx"]);
     assert!(
         sibling("gateway-under-test").exists(),
         "build first: cargo build --release -p tests --bins"

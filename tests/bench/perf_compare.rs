@@ -23,50 +23,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-struct Proc(Child);
-impl Drop for Proc {
-    /// SIGTERM first (nginx's master then stops its workers; SIGKILL would orphan them),
-    /// SIGKILL after 3 s.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sibling(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent().expect("bin dir").join(name)
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+#[path = "common.rs"]
+mod common;
+use common::{ensure, free_port, sibling, wait_listening, Proc};
 
 /// Where a proxy's own complaints go (kept in its round's directory; printed on failure).
 fn log_file(dir: &Path) -> Stdio {
@@ -84,28 +48,6 @@ fn wait_up(dir: &Path, addrs: &[SocketAddr]) {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
-
-fn ensure(command: &str, package: &str) {
-    let present = |c: &str| {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {c}"))
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if present(command) {
-        return;
-    }
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package}"
-        ))
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok && present(command), "could not install {package}");
 }
 
 /// CPU seconds (user + system) of `pid` and its threads/children listed in /proc.
@@ -615,12 +557,12 @@ fn main() {
     let secs: u64 = arg("--seconds", "6").parse().unwrap_or(6);
     let out_file = PathBuf::from(arg("--out", "target/perf-compare.json"));
     for (c, p) in [
-        ("wrk", "wrk"),
-        ("h2load", "nghttp2-client"),
-        ("hey", "hey"),
-        ("nginx", "nginx-light"),
-        ("haproxy", "haproxy"),
-        ("taskset", "util-linux"),
+        ("wrk", &["wrk"][..]),
+        ("h2load", &["nghttp2-client"]),
+        ("hey", &["hey"]),
+        ("nginx", &["nginx-light", "nginx"]),
+        ("haproxy", &["haproxy"]),
+        ("taskset", &["util-linux"]),
     ] {
         ensure(c, p);
     }
