@@ -71,7 +71,7 @@ async fn every_metric_family_is_exposed_from_start_up() {
     let p = backend("p").await;
     let r = backend("r").await;
     let gw = Gateway::start(&sharded_config(p.addr, r.addr, ""));
-    let text = String::from_utf8(get(gw.admin(), "/metrics").await.body.to_vec()).unwrap();
+    let text = gw.metrics_text().await;
     for family in FAMILIES {
         assert!(
             text.contains(&format!("# TYPE {family} ")),
@@ -96,7 +96,7 @@ async fn every_metric_family_is_exposed_from_start_up() {
     // After traffic, the request families count it with bounded labels.
     send(gw.addr("http"), request("BREW", "/", &[], Bytes::new())).await;
     get(gw.addr("http"), "/").await;
-    let text = String::from_utf8(get(gw.admin(), "/metrics").await.body.to_vec()).unwrap();
+    let text = gw.metrics_text().await;
     assert!(
         text.contains("gateway_requests_total{method=\"GET\",route=\"users\",status=\"200\"} 1"),
         "{text}"

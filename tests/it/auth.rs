@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -11,8 +11,8 @@ use http::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
-use crate::client::{get, request, send, H1};
-use crate::harness::{backend, gateway_cmd, repo_root, Gateway};
+use crate::client::{request, send, H1};
+use crate::harness::{backend, gateway_cmd, repo_root, unix_now, Gateway};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -104,16 +104,9 @@ pub fn hmac_key(kid: &str, secret: &[u8]) -> TestKey {
     }
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 /// Standard claims valid for the test policy, merged with `extra`.
 fn claims(extra: Value) -> Value {
-    let mut c = json!({"sub": "user-1", "iss": "https://issuer.test", "aud": "api", "exp": now() + 600, "iat": now()});
+    let mut c = json!({"sub": "user-1", "iss": "https://issuer.test", "aud": "api", "exp": unix_now() + 600, "iat": unix_now()});
     if let (Some(m), Some(e)) = (c.as_object_mut(), extra.as_object()) {
         for (k, v) in e {
             m.insert(k.clone(), v.clone());
@@ -291,7 +284,7 @@ async fn the_classic_attacks_are_refused_with_their_reason() {
                 Algorithm::RS256,
                 &rsa,
                 Some("r1"),
-                &claims(json!({"exp": now() - 60})),
+                &claims(json!({"exp": unix_now() - 60})),
             ),
             "expired",
         ),
@@ -301,7 +294,7 @@ async fn the_classic_attacks_are_refused_with_their_reason() {
                 Algorithm::RS256,
                 &rsa,
                 Some("r1"),
-                &claims(json!({"nbf": now() + 600})),
+                &claims(json!({"nbf": unix_now() + 600})),
             ),
             "not_yet_valid",
         ),
@@ -396,7 +389,7 @@ async fn the_classic_attacks_are_refused_with_their_reason() {
             "{name}: {challenge}"
         );
         assert!(res.json()["request_id"].is_string());
-        let metrics = String::from_utf8(get(gw.admin(), "/metrics").await.body.to_vec()).unwrap();
+        let metrics = gw.metrics_text().await;
         let line = format!("gateway_auth_failures_total{{reason=\"{reason}\",route=\"secure\"}} ");
         let count: f64 = metrics
             .lines()
@@ -620,7 +613,7 @@ async fn jwks_over_https_rotates_resists_bogus_kids_and_keeps_keys_when_the_issu
         "bogus kids hammered the issuer"
     );
 
-    let metrics = String::from_utf8(get(gw.admin(), "/metrics").await.body.to_vec()).unwrap();
+    let metrics = gw.metrics_text().await;
     assert!(
         metrics.contains("gateway_jwks_keys{policy=\"partners\"} 2"),
         "{metrics}"
@@ -660,7 +653,7 @@ async fn jwks_over_https_rotates_resists_bogus_kids_and_keeps_keys_when_the_issu
         "stale-if-error"
     );
     assert_eq!(call(&mut conn, Some(&t2), &[]).await.status, StatusCode::OK);
-    let metrics = String::from_utf8(get(gw.admin(), "/metrics").await.body.to_vec()).unwrap();
+    let metrics = gw.metrics_text().await;
     assert!(
         !metrics.contains("gateway_jwks_refresh_total{outcome=\"error\",policy=\"partners\"} 0"),
         "{metrics}"
@@ -790,7 +783,7 @@ fn gateway_token_mints_tokens_the_gateway_accepts() {
     assert_eq!(data.claims["tenant"], "acme");
     assert_eq!(data.claims["level"], 3);
     let exp = data.claims["exp"].as_u64().unwrap();
-    assert!(exp > now() + 500 && exp <= now() + 600);
+    assert!(exp > unix_now() + 500 && exp <= unix_now() + 600);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

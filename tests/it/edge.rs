@@ -624,7 +624,7 @@ fn h2_get(gw: &Gateway, path: &str) -> http::Request<http_body_util::Full<Bytes>
 }
 
 async fn active_connections(gw: &Gateway, listener: &str) -> i64 {
-    let text = String::from_utf8(get(gw.admin(), "/metrics").await.body.to_vec()).unwrap();
+    let text = gw.metrics_text().await;
     let prefix = format!("gateway_connections_active{{listener=\"{listener}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
@@ -797,7 +797,7 @@ async fn a_client_that_aborts_its_upload_is_not_an_upstream_failure() {
         })
         .expect("an access line with status 499");
     assert!(line.contains("client_gone"), "{line}");
-    let text = String::from_utf8(get(gw.admin(), "/metrics").await.body.to_vec()).unwrap();
+    let text = gw.metrics_text().await;
     assert!(
         text.contains(&format!(
             "gateway_upstream_requests_total{{outcome=\"reset\",target=\"{}\",upstream=\"app\"}} 0",

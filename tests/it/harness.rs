@@ -148,6 +148,21 @@ impl Gateway {
         self.admin.expect("admin listener")
     }
 
+    /// `GET /metrics` on the admin port, as text.
+    pub async fn metrics_text(&self) -> String {
+        let body = crate::client::get(self.admin(), "/metrics").await.body;
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    /// The value of the first metric line starting with `line_prefix` (name and labels).
+    pub async fn metric(&self, line_prefix: &str) -> f64 {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_prefix))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or_else(|| panic!("no metric {line_prefix}"))
+    }
+
     /// The config file the gateway runs (and reloads).
     pub fn config_path(&self) -> PathBuf {
         self._dir.path().join("gateway.toml")
@@ -250,6 +265,14 @@ pub async fn backend(name: &str) -> backends::Handle {
 pub async fn backend_with(opts: backends::Options) -> backends::Handle {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     backends::spawn(listener, &opts).unwrap()
+}
+
+/// Seconds since the Unix epoch (JWT and signature timestamps).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// An address nothing listens on (connections are refused).

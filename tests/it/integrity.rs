@@ -4,14 +4,13 @@
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::client::{get, request, H1};
-use crate::harness::{backend, repo_root, require_python_module, Gateway};
+use crate::client::{request, H1};
+use crate::harness::{backend, repo_root, require_python_module, unix_now, Gateway};
 
 const SECRET_B64: &str = "dGhlIGludGVncml0eSB0ZXN0IHNoYXJlZCBzZWNyZXQ=";
 
@@ -41,13 +40,6 @@ fn sign(spec: Value) -> Vec<(String, String)> {
         .iter()
         .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
         .collect()
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 /// A tampering: (path, body, headers) to send.
@@ -252,7 +244,7 @@ async fn requests_signed_by_an_independent_client_pass_and_every_tampering_fails
             "signature_skew",
             Box::new(|s: &Setup| {
                 let mut spec = s.spec("POST", "/api/pay", body);
-                spec["created"] = json!(now() - 3600);
+                spec["created"] = json!(unix_now() - 3600);
                 ("/api/pay".into(), body.into(), sign(spec))
             }),
         ),
@@ -311,7 +303,7 @@ async fn requests_signed_by_an_independent_client_pass_and_every_tampering_fails
     let (status, text) = s.send("GET", "/api/balance", "", &sign(spec)).await;
     assert_eq!(status, StatusCode::OK, "{text}");
 
-    let metrics = String::from_utf8(get(s.gw.admin(), "/metrics").await.body.to_vec()).unwrap();
+    let metrics = s.gw.metrics_text().await;
     for (reason, n) in [
         ("digest_mismatch", 1),
         ("signature_replay", 1),

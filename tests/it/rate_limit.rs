@@ -98,14 +98,6 @@ rate_limit = "limit"
     )
 }
 
-async fn metric(gw: &Gateway, prefix: &str) -> f64 {
-    let text = String::from_utf8(get(gw.admin(), "/metrics").await.body.to_vec()).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or_else(|| panic!("no metric {prefix}"))
-}
-
 fn within(actual: u64, expected: f64, share: f64) -> bool {
     (actual as f64 - expected).abs() <= expected * share
 }
@@ -132,11 +124,8 @@ async fn a_local_limit_admits_burst_plus_rate_and_says_so() {
         "admitted {ok} in {elapsed:?}, expected {expected:.0} ± 5%"
     );
     assert_eq!(
-        metric(
-            &gw,
-            "gateway_rate_limited_total{policy=\"limit\",route=\"r\"}"
-        )
-        .await,
+        gw.metric("gateway_rate_limited_total{policy=\"limit\",route=\"r\"}")
+            .await,
         limited as f64
     );
 
@@ -214,7 +203,11 @@ async fn three_instances_sharing_redis_admit_one_global_limit() {
     // Wait until each instance has reached Redis.
     for gw in &gws {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while metric(gw, "gateway_rate_limit_store_fallback{policy=\"limit\"}").await != 0.0 {
+        while gw
+            .metric("gateway_rate_limit_store_fallback{policy=\"limit\"}")
+            .await
+            != 0.0
+        {
             assert!(Instant::now() < deadline, "an instance never reached Redis");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -238,11 +231,8 @@ async fn three_instances_sharing_redis_admit_one_global_limit() {
     );
     for gw in &gws {
         assert_eq!(
-            metric(
-                gw,
-                "gateway_rate_limit_store_errors_total{policy=\"limit\"}"
-            )
-            .await,
+            gw.metric("gateway_rate_limit_store_errors_total{policy=\"limit\"}")
+                .await,
             0.0
         );
     }
@@ -265,7 +255,7 @@ async fn losing_redis_degrades_as_configured_and_the_shared_limit_comes_back() {
         async move {
             let deadline = Instant::now() + Duration::from_secs(6);
             for gw in gws {
-                while metric(gw, fallback).await != want {
+                while gw.metric(fallback).await != want {
                     assert!(
                         Instant::now() < deadline,
                         "fallback gauge never became {want}"
@@ -300,11 +290,8 @@ async fn losing_redis_degrades_as_configured_and_the_shared_limit_comes_back() {
     wait_for(1.0).await;
     for gw in &gws {
         assert!(
-            metric(
-                gw,
-                "gateway_rate_limit_store_errors_total{policy=\"limit\"}"
-            )
-            .await
+            gw.metric("gateway_rate_limit_store_errors_total{policy=\"limit\"}")
+                .await
                 >= 1.0
         );
         assert!(gw
@@ -375,7 +362,8 @@ async fn on_error_allow_and_deny_do_what_they_say() {
             assert_eq!(res.status, want, "on_error = {on_error}");
         }
         assert_eq!(
-            metric(&gw, "gateway_rate_limit_store_fallback{policy=\"limit\"}").await,
+            gw.metric("gateway_rate_limit_store_fallback{policy=\"limit\"}")
+                .await,
             1.0
         );
     }

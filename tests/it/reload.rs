@@ -231,7 +231,7 @@ async fn ten_reloads_under_load_cost_no_failed_request() {
     eprintln!("10 reloads under load: {ok} requests, {failed} failed");
     assert!(ok > 1000, "too little load: {ok}");
     assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
-    let metrics = String::from_utf8(get(gw.admin(), "/metrics").await.body.to_vec()).unwrap();
+    let metrics = gw.metrics_text().await;
     assert!(
         metrics.contains("gateway_config_reloads_total{outcome=\"success\"} 10"),
         "{}",
@@ -272,7 +272,7 @@ async fn a_bad_config_is_refused_with_its_errors_and_the_running_one_stays() {
     assert_eq!(generation(&gw).await, 1);
     assert_eq!(get(gw.addr("http"), "/").await.status, StatusCode::OK);
     // Refused at least once (the file watch may have tried it too).
-    let metrics = String::from_utf8(get(gw.admin(), "/metrics").await.body.to_vec()).unwrap();
+    let metrics = gw.metrics_text().await;
     let refused: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("gateway_config_reloads_total{outcome=\"error\"} "))

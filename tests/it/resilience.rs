@@ -44,14 +44,6 @@ timeout = "2s"
     )
 }
 
-async fn metric(gw: &Gateway, line_prefix: &str) -> f64 {
-    let text = String::from_utf8(get(gw.admin(), "/metrics").await.body.to_vec()).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_prefix))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or_else(|| panic!("no metric {line_prefix}"))
-}
-
 async fn upstream_target(gw: &Gateway, id: &str) -> serde_json::Value {
     let v = get(gw.admin(), "/admin/upstreams").await.json();
     v["upstreams"][0]["targets"]
@@ -104,7 +96,8 @@ async fn an_unhealthy_target_leaves_rotation_within_interval_times_threshold_and
     assert_eq!(t["last_probe"]["status"], 503);
     assert_eq!(t["last_probe"]["ok"], false);
     assert_eq!(
-        metric(&gw, "gateway_upstream_up{target=\"t1\",upstream=\"app\"}").await,
+        gw.metric("gateway_upstream_up{target=\"t1\",upstream=\"app\"}")
+            .await,
         0.0
     );
 
@@ -191,7 +184,7 @@ async fn killing_a_backend_process_under_load_costs_no_failed_get() {
         "gateway_upstream_requests_total{outcome=\"connect_error\",target=\"t1\",upstream=\"app\"}";
     // Outlier detection ejects it after 3 failures; from then on it is not tried at all.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let settled = metric(&gw, dead_errors).await;
+    let settled = gw.metric(dead_errors).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -202,7 +195,7 @@ async fn killing_a_backend_process_under_load_costs_no_failed_get() {
     assert_eq!(failed, 0, "{failed} failed requests of {}", ok + failed);
     assert!(settled >= 1.0, "the dead target was never tried: {settled}");
     assert_eq!(
-        metric(&gw, dead_errors).await,
+        gw.metric(dead_errors).await,
         settled,
         "connect attempts to the dead target kept growing after it was ejected"
     );
@@ -240,9 +233,7 @@ async fn a_dead_target_costs_one_connect_per_request_not_a_storm() {
         started.elapsed() < Duration::from_secs(5),
         "requests spun until their total timeout"
     );
-    let dead_errors = metric(
-        &gw,
-        "gateway_upstream_requests_total{outcome=\"connect_error\",target=\"t1\",upstream=\"app\"}",
+    let dead_errors = gw.metric("gateway_upstream_requests_total{outcome=\"connect_error\",target=\"t1\",upstream=\"app\"}",
     )
     .await;
     assert!(
@@ -273,7 +264,8 @@ async fn the_breaker_opens_stops_traffic_half_opens_and_closes() {
     assert_eq!(sick.state.requests(), 5);
     assert_eq!(upstream_target(&gw, "t0").await["circuit"], "open");
     assert_eq!(
-        metric(&gw, "gateway_circuit_state{target=\"t0\",upstream=\"app\"}").await,
+        gw.metric("gateway_circuit_state{target=\"t0\",upstream=\"app\"}")
+            .await,
         1.0
     );
     for _ in 0..20 {
@@ -351,15 +343,12 @@ async fn the_retry_budget_caps_retries_when_every_target_fails() {
     // Without a budget that would be 200 retries; the budget allows max(3, 0.2 x requests).
     assert!((15..=21).contains(&retries), "{retries} retries");
     assert_eq!(
-        metric(&gw, "gateway_retries_total{upstream=\"app\"}").await,
+        gw.metric("gateway_retries_total{upstream=\"app\"}").await,
         retries as f64
     );
     assert!(
-        metric(
-            &gw,
-            "gateway_retry_budget_exhausted_total{upstream=\"app\"}"
-        )
-        .await
+        gw.metric("gateway_retry_budget_exhausted_total{upstream=\"app\"}")
+            .await
             > 50.0
     );
     // A POST is never retried on a status.
@@ -465,11 +454,8 @@ async fn consecutive_failures_eject_a_target_for_a_while() {
     assert_eq!(ejection["severity"], "bad");
     assert!(ejection["detail"].as_str().unwrap().contains("until"));
     assert_eq!(
-        metric(
-            &gw,
-            "gateway_outlier_ejections_total{target=\"t0\",upstream=\"app\"}"
-        )
-        .await,
+        gw.metric("gateway_outlier_ejections_total{target=\"t0\",upstream=\"app\"}")
+            .await,
         1.0
     );
     // The other target may not be ejected too: 50% of 2 targets is one.
@@ -532,11 +518,8 @@ async fn max_in_flight_refuses_at_once_and_the_fallback_answers() {
     }
     assert_eq!((ok, refused), (2, 3));
     assert_eq!(
-        metric(
-            &gw,
-            "gateway_concurrency_rejected_total{reason=\"in_flight\",upstream=\"app\"}"
-        )
-        .await,
+        gw.metric("gateway_concurrency_rejected_total{reason=\"in_flight\",upstream=\"app\"}")
+            .await,
         3.0
     );
 }
