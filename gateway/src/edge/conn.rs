@@ -252,21 +252,11 @@ async fn drive<C, E>(
     let mut conn = std::pin::pin!(conn);
     let mut drain = shared.drain_signal();
     let mut closing_since = None;
-    // An HTTP/1 connection accepted but not yet asked anything is owed an answer to its
-    // first request: closing it now would fail a request the client already sent (HTTP/1
-    // has no GOAWAY, and clients do not retry on a fresh connection). It is closed after
-    // that first response, or if no request starts within `header_timeout`.
-    let mut drain_pending = false;
+    let mut draining = *drain.borrow();
     let timer = tokio::time::sleep(Duration::from_millis(100));
     tokio::pin!(timer);
-    if *drain.borrow() {
-        if !h2 && state.requests() == 0 {
-            drain_pending = true;
-            timer.as_mut().reset(Instant::now());
-        } else {
-            graceful(conn.as_mut());
-            closing_since = Some(Instant::now());
-        }
+    if draining {
+        timer.as_mut().reset(Instant::now());
     }
     loop {
         tokio::select! {
@@ -283,29 +273,30 @@ async fn drive<C, E>(
                 );
                 return;
             }
-            changed = drain.changed(), if closing_since.is_none() && !drain_pending => {
+            changed = drain.changed(), if !draining => {
                 if changed.is_err() || *drain.borrow() {
-                    if !h2 && state.requests() == 0 {
-                        drain_pending = true;
-                    } else {
-                        graceful(conn.as_mut());
-                        closing_since = Some(Instant::now());
-                    }
+                    draining = true;
                     timer.as_mut().reset(Instant::now());
                 }
             }
             () = &mut timer => {
                 let now = Instant::now();
-                if drain_pending {
-                    if state.requests() > 0 || now >= state.started() + limits.header_timeout {
-                        drain_pending = false;
+                if draining && closing_since.is_none() {
+                    // An HTTP/1 connection accepted but not yet asked anything is owed an
+                    // answer to its first request: closing it now would fail a request the
+                    // client already sent (HTTP/1 has no GOAWAY, and clients do not retry on
+                    // a fresh connection). It closes after that first response, or when no
+                    // request started within `header_timeout`. Until then it is looked at
+                    // every 5 ms: only while draining, only for such connections.
+                    let owed = !h2
+                        && state.requests() == 0
+                        && now < state.started() + limits.header_timeout;
+                    if owed {
+                        timer.as_mut().reset(now + Duration::from_millis(5));
+                    } else {
                         graceful(conn.as_mut());
                         closing_since = Some(now);
                         timer.as_mut().reset(now);
-                    } else {
-                        // Only while draining, and only for connections not yet asked
-                        // anything: a short poll is cheaper than a wake-up per request.
-                        timer.as_mut().reset(now + Duration::from_millis(5));
                     }
                     continue;
                 }
