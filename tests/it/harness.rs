@@ -154,6 +154,20 @@ impl Gateway {
         String::from_utf8(body.to_vec()).unwrap()
     }
 
+    /// The events of `kind` in `/admin/events` (oldest first).
+    pub async fn events(&self, kind: &str) -> Vec<serde_json::Value> {
+        let ev = crate::client::get(self.admin(), "/admin/events")
+            .await
+            .json();
+        ev["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .cloned()
+            .collect()
+    }
+
     /// The value of the first metric line starting with `line_prefix` (name and labels).
     pub async fn metric(&self, line_prefix: &str) -> f64 {
         let text = self.metrics_text().await;

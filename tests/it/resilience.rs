@@ -303,18 +303,16 @@ async fn the_breaker_opens_stops_traffic_half_opens_and_closes() {
     );
     assert_eq!(upstream_target(&gw, "t0").await["circuit"], "closed");
     // Each transition is an event for the status page: open, half-open, closed.
-    let ev = get(gw.admin(), "/admin/events").await.json();
-    let circuit: Vec<&str> = ev["events"]
-        .as_array()
-        .unwrap()
+    let ev = gw.events("circuit").await;
+    let circuit: Vec<&str> = ev
         .iter()
-        .filter(|e| e["kind"] == "circuit" && e["subject"] == "app/t0")
+        .filter(|e| e["subject"] == "app/t0")
         .map(|e| e["detail"].as_str().unwrap())
         .collect();
     assert_eq!(
         circuit,
         ["circuit open", "circuit half-open", "circuit closed"],
-        "{ev}"
+        "{ev:?}"
     );
 }
 
@@ -442,14 +440,12 @@ async fn consecutive_failures_eject_a_target_for_a_while() {
     let t = upstream_target(&gw, "t0").await;
     assert!(t["ejected_until"].is_string(), "{t}");
     assert_eq!(t["ejections"], 1);
-    let ev = get(gw.admin(), "/admin/events").await.json();
-    let ejection = ev["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "ejection")
-        .unwrap_or_else(|| panic!("no ejection event: {ev}"))
-        .clone();
+    let ejection = gw
+        .events("ejection")
+        .await
+        .first()
+        .cloned()
+        .expect("an ejection event");
     assert_eq!(ejection["subject"], "app/t0");
     assert_eq!(ejection["severity"], "bad");
     assert!(ejection["detail"].as_str().unwrap().contains("until"));
