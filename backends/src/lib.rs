@@ -54,6 +54,7 @@ pub struct State {
     body_bytes: Option<u64>,
     requests: AtomicU64,
     connections: AtomicU64,
+    open: AtomicU64,
 }
 
 impl State {
@@ -69,6 +70,7 @@ impl State {
             body_bytes: opts.body_bytes,
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            open: AtomicU64::new(0),
         }
     }
 
@@ -85,6 +87,11 @@ impl State {
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// Whether `GET /health` answers 200.
@@ -151,8 +158,10 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Re
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
                 state.connections.fetch_add(1, Ordering::Relaxed);
+                state.open.fetch_add(1, Ordering::Relaxed);
                 let state = state.clone();
                 conns.spawn(async move {
+                    let _open = OpenConn(state.clone());
                     let svc = hyper::service::service_fn(move |req| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(handle(&state, req).await) }
@@ -171,6 +180,15 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Re
         }
     }
     conns.shutdown().await;
+}
+
+/// Counts a connection as open while it is served.
+struct OpenConn(Arc<State>);
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Deserialize)]

@@ -3,6 +3,7 @@
 //! writes, without taking any lock the proxy takes.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,10 +16,23 @@ use tokio::net::TcpListener;
 
 use crate::edge::Shared;
 
-/// Serve the admin API until the process ends.
+/// Admin connections open at once; more are closed at accept (SPEC §8.2).
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+
+/// Serve the admin API until the process ends, or until a binary upgrade hands the port to
+/// the new process (then: no more accepts, and open connections close after their current
+/// response).
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut stop = shared.admin_stop_signal();
     loop {
-        let (stream, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            // Handed over (or the process state is gone): stop.
+            _ = stop.wait_for(|s| *s) => break,
+            a = listener.accept() => a,
+        };
+        let (stream, _) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
@@ -26,10 +40,20 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        if open.fetch_add(1, Ordering::AcqRel) >= MAX_ADMIN_CONNECTIONS {
+            open.fetch_sub(1, Ordering::AcqRel);
+            tracing::debug!("admin connection limit reached: closing a new connection");
+            continue;
+        }
         let shared = shared.clone();
+        let open = open.clone();
+        let mut stop = shared.admin_stop_signal();
+        // Slow heads and idle keep-alive connections are both cut at `header_timeout`.
+        let header_timeout = shared.runtime.load().config.limits.header_timeout;
         tokio::spawn(async move {
+            let svc_shared = shared.clone();
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let shared = shared.clone();
+                let shared = svc_shared.clone();
                 async move {
                     if req.method() == Method::POST && req.uri().path() == "/admin/reload" {
                         return Ok::<_, Infallible>(reload(&shared, req).await);
@@ -37,13 +61,23 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     Ok::<_, Infallible>(handle(&shared, req))
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), svc);
+            let mut conn = std::pin::pin!(conn);
+            let stopped = tokio::select! {
+                _ = conn.as_mut() => false,
+                r = stop.wait_for(|s| *s) => r.is_ok(),
+            };
+            if stopped {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+            open.fetch_sub(1, Ordering::AcqRel);
         });
     }
+    tracing::info!("admin port handed to the new process: no longer accepting on it");
 }
 
 /// The 401 for `/admin/*` without the right bearer token (when `token_env` is set).
@@ -172,7 +206,9 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
-            if shared.is_draining() {
+            // After a hand-over the port is the new (ready) process's: a request that was
+            // already on one of our connections must not report our drain.
+            if shared.is_draining() && !shared.is_handed_over() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             } else {
                 text(StatusCode::OK, "ready\n")

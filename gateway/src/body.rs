@@ -6,10 +6,14 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
-use tokio::time::Instant;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -48,6 +52,78 @@ impl BodyProgress {
 /// Bodies up to this size are kept while they stream, so a retry can send them again.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
 
+/// Request bodies with a `Content-Length` up to this are received whole before an upstream
+/// connection is used, and responses up to this are read whole from the upstream (which then
+/// gets its connection back whatever the client does). SPEC §8.2.
+pub const BUFFER_WHOLE_LIMIT: u64 = 64 * 1024;
+
+/// Body bytes held in the gateway's own buffers, process-wide (`max_buffered_bytes`).
+static BUFFERED: AtomicU64 = AtomicU64::new(0);
+static BUFFER_MAX: AtomicU64 = AtomicU64::new(256 << 20);
+static BUFFER_GAUGE: OnceLock<prometheus::IntGauge> = OnceLock::new();
+static BUFFER_REJECTED: OnceLock<prometheus::IntCounter> = OnceLock::new();
+
+/// Set the limit and the metrics (`[limits] max_buffered_bytes`, `gateway_buffered_bytes`,
+/// `gateway_buffer_rejected_total`); called for every config generation.
+pub fn configure_buffers(
+    max: u64,
+    gauge: &prometheus::IntGauge,
+    rejected: &prometheus::IntCounter,
+) {
+    BUFFER_MAX.store(max, Ordering::Relaxed);
+    let _ = BUFFER_GAUGE.set(gauge.clone());
+    let _ = BUFFER_REJECTED.set(rejected.clone());
+}
+
+/// A request was refused because buffering it would pass `max_buffered_bytes`.
+pub fn count_buffer_rejected() {
+    if let Some(c) = BUFFER_REJECTED.get() {
+        c.inc();
+    }
+}
+
+/// Bytes of a gateway buffer, counted in `gateway_buffered_bytes` while it lives.
+#[derive(Debug)]
+pub struct BufferLease(u64);
+
+impl BufferLease {
+    /// Room for `n` more bytes, if holding them stays within `max_buffered_bytes`.
+    pub fn try_new(n: u64) -> Option<Self> {
+        let mut lease = Self(0);
+        lease.grow(n).then_some(lease)
+    }
+
+    /// Count `n` more bytes; false (and nothing counted) when that would pass the limit.
+    pub fn grow(&mut self, n: u64) -> bool {
+        let now = BUFFERED.fetch_add(n, Ordering::AcqRel) + n;
+        if now > BUFFER_MAX.load(Ordering::Relaxed) {
+            BUFFERED.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        self.0 += n;
+        if let Some(g) = BUFFER_GAUGE.get() {
+            g.add(n as i64);
+        }
+        true
+    }
+}
+
+impl Drop for BufferLease {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            BUFFERED.fetch_sub(self.0, Ordering::AcqRel);
+            if let Some(g) = BUFFER_GAUGE.get() {
+                g.sub(self.0 as i64);
+            }
+        }
+    }
+}
+
+/// The error a `ReqBody` yields when the client paused its body longer than `body_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body paused longer than body_timeout")]
+pub struct BodyTimedOut;
+
 /// What a body kept for replay has collected.
 #[derive(Debug, Default)]
 pub struct ReplayBuf {
@@ -55,6 +131,8 @@ pub struct ReplayBuf {
     size: usize,
     overflow: bool,
     complete: bool,
+    /// The kept frames count against `max_buffered_bytes`.
+    lease: Option<BufferLease>,
 }
 
 /// How to send a request's body again for a retry.
@@ -98,10 +176,25 @@ pub struct ReqBody {
     replay: Option<Arc<Mutex<ReplayBuf>>>,
     /// A replayed body's frames.
     buffered: VecDeque<Bytes>,
+    /// `body_timeout`: the longest pause between two frames of a body still to come.
+    pause: Option<PauseTimer>,
+}
+
+/// The body's pause deadline; only for bodies still to come.
+#[derive(Debug)]
+struct PauseTimer {
+    limit: Duration,
+    last_frame: Instant,
+    sleep: Pin<Box<Sleep>>,
 }
 
 impl ReqBody {
-    pub fn new(inner: Incoming, limit: u64, conn: Option<Arc<ConnState>>) -> Self {
+    pub fn new(
+        inner: Incoming,
+        limit: u64,
+        conn: Option<Arc<ConnState>>,
+        body_timeout: Duration,
+    ) -> Self {
         let ended = inner.is_end_stream();
         let mut body = Self {
             inner: Some(inner),
@@ -110,13 +203,64 @@ impl ReqBody {
             progress: None,
             replay: None,
             buffered: VecDeque::new(),
+            pause: None,
         };
         if ended {
             body.finish();
         } else {
             body.progress = Some(Arc::new(BodyProgress::default()));
+            let now = Instant::now();
+            body.pause = Some(PauseTimer {
+                limit: body_timeout,
+                last_frame: now,
+                sleep: Box::pin(tokio::time::sleep_until(now + body_timeout)),
+            });
         }
         body
+    }
+
+    /// Whether the body paused longer than `body_timeout` (registers the wake-up otherwise).
+    fn paused_too_long(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(p) = self.pause.as_mut() else {
+            return false;
+        };
+        loop {
+            if p.sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let due = p.last_frame + p.limit;
+            if Instant::now() >= due {
+                return true;
+            }
+            p.sleep.as_mut().reset(due);
+        }
+    }
+
+    /// The length the client announced, if any (HTTP/1 `Content-Length`, or HTTP/2's).
+    pub fn exact_len(&self) -> Option<u64> {
+        self.size_hint().exact()
+    }
+
+    /// Read the whole body (it is at most `BUFFER_WHOLE_LIMIT`, the caller checked) and
+    /// replace it with the bytes, so no upstream waits for a slow client.
+    pub async fn buffer_whole(&mut self) -> Result<(), BoxError> {
+        use http_body_util::BodyExt;
+        let mut out = bytes::BytesMut::new();
+        while let Some(frame) = self.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                out.extend_from_slice(&data);
+            }
+        }
+        let bytes = out.freeze();
+        self.inner = None;
+        self.pause = None;
+        self.replay = None;
+        self.buffered = if bytes.is_empty() {
+            VecDeque::new()
+        } else {
+            VecDeque::from([bytes])
+        };
+        Ok(())
     }
 
     /// A body with nothing in it.
@@ -142,6 +286,7 @@ impl ReqBody {
             progress: None,
             replay: None,
             buffered: frames.into(),
+            pause: None,
         }
     }
 
@@ -157,6 +302,10 @@ impl ReqBody {
         if let Some(r) = &self.replay {
             return Replay::Kept(r.clone());
         }
+        if self.inner.is_none() && !self.buffered.is_empty() {
+            // Received whole (`buffer_whole`): in memory already.
+            return Replay::Frames(self.buffered.iter().cloned().collect());
+        }
         let empty =
             self.inner.as_ref().is_none_or(|b| b.is_end_stream()) && self.buffered.is_empty();
         if empty {
@@ -170,9 +319,21 @@ impl ReqBody {
         if let Some(r) = &self.replay {
             if let Ok(mut b) = r.lock() {
                 if !b.overflow {
-                    if b.size + data.len() > REPLAY_LIMIT {
+                    let counted = match &mut b.lease {
+                        Some(l) => l.grow(data.len() as u64),
+                        None => match BufferLease::try_new(data.len() as u64) {
+                            Some(l) => {
+                                b.lease = Some(l);
+                                true
+                            }
+                            None => false,
+                        },
+                    };
+                    if !counted || b.size + data.len() > REPLAY_LIMIT {
+                        // Too big to keep (or no room left): no replay for this body.
                         b.overflow = true;
                         b.frames = Vec::new();
+                        b.lease = None;
                     } else {
                         b.size += data.len();
                         b.frames.push(data.clone());
@@ -224,6 +385,9 @@ impl Body for ReqBody {
         };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(p) = self.pause.as_mut() {
+                    p.last_frame = Instant::now();
+                }
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > self.remaining {
@@ -251,7 +415,14 @@ impl Body for ReqBody {
                 self.finish();
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if self.paused_too_long(cx) {
+                    self.inner = None;
+                    self.finish();
+                    return Poll::Ready(Some(Err(Box::new(BodyTimedOut))));
+                }
+                Poll::Pending
+            }
         }
     }
 
@@ -292,6 +463,8 @@ pub enum ResBody {
     Upstream(UpstreamBody),
     /// An upstream's refusal of an upgrade, on a connection of its own (not pooled).
     Tunnel(Incoming),
+    /// A small upstream response read whole (its connection is back in the pool).
+    Buffered(crate::upstream::BufferedBody),
 }
 
 impl ResBody {
@@ -308,6 +481,7 @@ impl ResBody {
         match self {
             Self::Full(_) | Self::Tunnel(_) => None,
             Self::Upstream(b) => Some(b.target()),
+            Self::Buffered(b) => Some(b.target()),
         }
     }
 }
@@ -324,6 +498,7 @@ impl Body for ResBody {
             Self::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Self::Upstream(b) => Pin::new(b).poll_frame(cx),
             Self::Tunnel(b) => Pin::new(b).poll_frame(cx),
+            Self::Buffered(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -332,6 +507,7 @@ impl Body for ResBody {
             Self::Full(data) => data.is_none(),
             Self::Upstream(b) => b.is_end_stream(),
             Self::Tunnel(b) => b.is_end_stream(),
+            Self::Buffered(b) => b.is_end_stream(),
         }
     }
 
@@ -340,6 +516,7 @@ impl Body for ResBody {
             Self::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Self::Upstream(b) => b.size_hint(),
             Self::Tunnel(b) => b.size_hint(),
+            Self::Buffered(b) => b.size_hint(),
         }
     }
 }

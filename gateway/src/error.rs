@@ -44,6 +44,10 @@ pub enum GatewayError {
     Forbidden,
     #[error("rate limited by policy {}", .0.policy)]
     RateLimited(Box<crate::policy::rate_limit::Denied>),
+    #[error("request body did not arrive within body_timeout")]
+    BodyTimeout,
+    #[error("buffering the request body would pass max_buffered_bytes")]
+    BufferFull,
 }
 
 /// nginx's "client closed request": logged and counted, never seen by the client.
@@ -68,6 +72,8 @@ impl GatewayError {
             Self::Integrity(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::BufferFull => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -90,6 +96,8 @@ impl GatewayError {
             Self::Unauthorized(e) => e.description(),
             Self::Forbidden => "forbidden",
             Self::RateLimited(_) => "rate limited",
+            Self::BodyTimeout => "request body timed out",
+            Self::BufferFull => "gateway busy, retry",
         })
     }
 
@@ -111,6 +119,8 @@ impl GatewayError {
             Self::Integrity(reason) => reason,
             Self::Forbidden => "forbidden",
             Self::RateLimited(_) => "rate_limited",
+            Self::BodyTimeout => "body_timeout",
+            Self::BufferFull => "buffer_full",
         }
     }
 
@@ -119,6 +129,15 @@ impl GatewayError {
         let mut res = json_error(self.status(), &self.public_message(), request_id);
         if let Self::RateLimited(d) = self {
             d.add_headers(res.headers_mut());
+        }
+        if let Self::BufferFull = self {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Self::BodyTimeout = self {
+            // The rest of the body may still come: this connection is done.
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Self::Unauthorized(e) = self {
             let challenge = format!(

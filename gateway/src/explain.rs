@@ -10,7 +10,6 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC
 use serde_json::{json, Value};
 
 use crate::balance::{key, PickCtx};
-use crate::route::rewrite::normalize_path;
 use crate::runtime::Runtime;
 
 /// The explanation for the request the query string describes, or a message for a 400.
@@ -62,7 +61,9 @@ pub fn explain(rt: &Runtime, query: Option<&str>) -> Result<Value, String> {
     if !path.starts_with('/') {
         return Err(format!("path {path:?} must start with /"));
     }
-    let path = normalize_path(&path).unwrap_or(path);
+    let path = crate::path::normalise(&path, rt.config.limits.encoded_slashes)
+        .map_err(|e| format!("path {path:?}: {}", e.reason()))?
+        .into_owned();
     let uri = if query_pairs.is_empty() {
         path
     } else {
@@ -89,12 +90,14 @@ pub fn explain(rt: &Runtime, query: Option<&str>) -> Result<Value, String> {
         "key": null, "hash": null, "slot": null, "ring_point": null, "target": null,
         "serving": null, "fallbacks": null, "reason": null,
     });
-    let Some(i) = rt.router.table().find(&parts, parts.uri.path()) else {
+    let match_path = crate::path::match_path(parts.uri.path());
+    let Some(i) = rt.router.table().find(&parts, &match_path) else {
         out["reason"] = json!("no route matches: the request would get 404");
         return Ok(out);
     };
     let route = &rt.config.routes[i];
     out["route"] = json!(route.name);
+    out["path"] = json!(parts.uri.path());
     out["policies"] = json!({
         "jwt": route.policies.jwt, "api_key": route.policies.api_key,
         "integrity": route.policies.integrity, "rate_limit": route.policies.rate_limit,

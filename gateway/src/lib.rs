@@ -31,6 +31,7 @@ pub mod error;
 pub mod events;
 pub mod explain;
 pub mod metrics;
+pub mod path;
 pub mod runtime;
 pub mod stack;
 pub mod status;

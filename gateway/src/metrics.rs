@@ -5,14 +5,31 @@
 //! Every family is exposed from start-up: a family with no series yet still gets its `# HELP`
 //! and `# TYPE` lines, and the label sets known from config start at 0.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use http::Method;
-use prometheus::core::Collector;
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// Remove every series of `vec` whose labels `gone` says belong to something that left.
+fn prune_vec<T: MetricVecBuilder>(vec: &MetricVec<T>, gone: &dyn Fn(&HashMap<&str, &str>) -> bool) {
+    for family in vec.collect() {
+        for m in family.get_metric() {
+            let labels: HashMap<&str, &str> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if gone(&labels) {
+                let _ = vec.remove(&labels);
+            }
+        }
+    }
+}
 
 /// Seconds; SPEC §6.
 pub const BUCKETS: [f64; 14] = [
@@ -78,6 +95,10 @@ pub struct Metrics {
     pub tls_cert_expiry: IntGaugeVec,
     pub config_reloads_total: IntCounterVec,
     pub build_info: IntGaugeVec,
+    pub buffered_bytes: IntGauge,
+    pub buffer_rejected_total: IntCounter,
+    pub h2_connections_closed_total: IntCounterVec,
+    pub h2_streams_reset_total: IntCounterVec,
     /// (name, help, type) of every family, to expose the ones with no series yet.
     families: Vec<(String, String, &'static str)>,
 }
@@ -266,6 +287,30 @@ impl Metrics {
                 "Always 1; the version label says which build runs.",
                 &["version"],
             ),
+            buffered_bytes: r
+                .gauge(
+                    "gateway_buffered_bytes",
+                    "Body bytes held in the gateway's own buffers.",
+                    &[],
+                )
+                .with_label_values(&[] as &[&str]),
+            buffer_rejected_total: r
+                .counter(
+                    "gateway_buffer_rejected_total",
+                    "Requests refused with 503 because buffering them would pass max_buffered_bytes.",
+                    &[],
+                )
+                .with_label_values(&[] as &[&str]),
+            h2_connections_closed_total: r.counter(
+                "gateway_h2_connections_closed_total",
+                "HTTP/2 client connections closed for abuse, by reason.",
+                &["listener", "reason"],
+            ),
+            h2_streams_reset_total: r.counter(
+                "gateway_h2_streams_reset_total",
+                "HTTP/2 streams the gateway reset, by reason.",
+                &["listener", "reason"],
+            ),
             families: r.families,
             registry,
         };
@@ -278,6 +323,86 @@ impl Metrics {
                 .inc_by(0);
         }
         m
+    }
+
+    /// Remove the series of routes, upstreams, targets, policies and listeners that `config`
+    /// no longer has (after a reload): dashboards must not show them as still there.
+    pub fn prune(&self, config: &crate::config::Config) {
+        use std::collections::HashSet;
+        let routes: HashSet<&str> = config
+            .routes
+            .iter()
+            .map(|r| r.name.as_str())
+            .chain(["none"])
+            .collect();
+        let upstreams: HashSet<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let mut targets: HashSet<(String, String)> = HashSet::new();
+        for u in &config.upstreams {
+            for t in &u.targets {
+                targets.insert((u.name.clone(), t.id.clone()));
+                for b in &t.backups {
+                    targets.insert((u.name.clone(), b.to_string()));
+                }
+            }
+        }
+        let policies: HashSet<&str> = config
+            .jwt
+            .keys()
+            .chain(config.rate_limits.keys())
+            .chain(config.api_keys.keys())
+            .chain(config.integrity.keys())
+            .map(String::as_str)
+            .collect();
+        let listeners: HashSet<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+        let gone = |labels: &HashMap<&str, &str>| {
+            let missing = |name: &str, set: &HashSet<&str>| {
+                labels.get(name).is_some_and(|v| !set.contains(v))
+            };
+            if missing("route", &routes)
+                || missing("upstream", &upstreams)
+                || missing("policy", &policies)
+                || missing("listener", &listeners)
+            {
+                return true;
+            }
+            match (labels.get("upstream"), labels.get("target")) {
+                (Some(u), Some(t)) => !targets.contains(&((*u).to_string(), (*t).to_string())),
+                _ => false,
+            }
+        };
+        prune_vec(&self.requests_total, &gone);
+        prune_vec(&self.request_duration, &gone);
+        prune_vec(&self.upstream_requests_total, &gone);
+        prune_vec(&self.upstream_duration, &gone);
+        prune_vec(&self.upstream_up, &gone);
+        prune_vec(&self.upstream_in_flight, &gone);
+        prune_vec(&self.circuit_state, &gone);
+        prune_vec(&self.outlier_ejections_total, &gone);
+        prune_vec(&self.concurrency_rejected_total, &gone);
+        prune_vec(&self.retries_total, &gone);
+        prune_vec(&self.retry_budget_exhausted_total, &gone);
+        prune_vec(&self.rate_limited_total, &gone);
+        prune_vec(&self.rate_limit_store_errors_total, &gone);
+        prune_vec(&self.rate_limit_store_fallback, &gone);
+        prune_vec(&self.auth_failures_total, &gone);
+        prune_vec(&self.integrity_failures_total, &gone);
+        prune_vec(&self.jwks_refresh_total, &gone);
+        prune_vec(&self.jwks_keys, &gone);
+        prune_vec(&self.connections_active, &gone);
+        prune_vec(&self.connections_total, &gone);
+        prune_vec(&self.bytes_received_total, &gone);
+        prune_vec(&self.bytes_sent_total, &gone);
+        prune_vec(&self.tls_handshakes_total, &gone);
+        prune_vec(&self.tls_cert_expiry, &gone);
+        prune_vec(&self.h2_connections_closed_total, &gone);
+        prune_vec(&self.h2_streams_reset_total, &gone);
+    }
+
+    /// Forget a listener's certificate series (its certificates are about to be set anew).
+    pub fn clear_certs(&self, listener: &str) {
+        prune_vec(&self.tls_cert_expiry, &|l: &HashMap<&str, &str>| {
+            l.get("listener") == Some(&listener)
+        });
     }
 
     /// The Prometheus text exposition of every family.
@@ -356,7 +481,24 @@ impl Metrics {
             c.inc_by(0);
             c
         };
+        let closed = |a: H2Abuse| {
+            let c = self
+                .h2_connections_closed_total
+                .with_label_values(&[listener, a.as_str()]);
+            c.inc_by(0);
+            c
+        };
+        let reset = |reason: &str| {
+            let c = self
+                .h2_streams_reset_total
+                .with_label_values(&[listener, reason]);
+            c.inc_by(0);
+            c
+        };
         ListenerMetrics {
+            h2_closed: H2Abuse::ALL.map(closed),
+            h2_reset_send_timeout: reset("send_timeout"),
+            h2_reset_body_timeout: reset("body_timeout"),
             active: self.connections_active.with_label_values(&[listener]),
             h1: conns("h1"),
             h2: conns("h2"),
@@ -500,8 +642,46 @@ impl EndpointMetrics {
 }
 
 /// Per-listener handles.
+/// Why the gateway closed an abusive HTTP/2 connection (`reason` label, SPEC §8.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum H2Abuse {
+    RapidReset,
+    WindowUpdateFlood,
+    PingFlood,
+    SettingsFlood,
+    ContinuationFlood,
+    Stalled,
+}
+
+impl H2Abuse {
+    pub const ALL: [H2Abuse; 6] = [
+        H2Abuse::RapidReset,
+        H2Abuse::WindowUpdateFlood,
+        H2Abuse::PingFlood,
+        H2Abuse::SettingsFlood,
+        H2Abuse::ContinuationFlood,
+        H2Abuse::Stalled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RapidReset => "rapid_reset",
+            Self::WindowUpdateFlood => "window_update_flood",
+            Self::PingFlood => "ping_flood",
+            Self::SettingsFlood => "settings_flood",
+            Self::ContinuationFlood => "continuation_flood",
+            Self::Stalled => "stalled",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ListenerMetrics {
+    /// `gateway_h2_connections_closed_total`, one per `H2Abuse` in order.
+    pub h2_closed: [IntCounter; 6],
+    /// `gateway_h2_streams_reset_total{reason="send_timeout"|"body_timeout"}`.
+    pub h2_reset_send_timeout: IntCounter,
+    pub h2_reset_body_timeout: IntCounter,
     pub active: IntGauge,
     pub h1: IntCounter,
     pub h2: IntCounter,
@@ -527,6 +707,10 @@ mod tests {
             "gateway_rate_limit_store_fallback",
             "gateway_tls_cert_expiry_timestamp_seconds",
             "gateway_build_info",
+            "gateway_buffered_bytes",
+            "gateway_buffer_rejected_total",
+            "gateway_h2_connections_closed_total",
+            "gateway_h2_streams_reset_total",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }

@@ -78,6 +78,11 @@ impl Runtime {
         generation: u64,
         previous: Option<&Runtime>,
     ) -> Result<Self, String> {
+        crate::body::configure_buffers(
+            config.limits.max_buffered_bytes,
+            &metrics.buffered_bytes,
+            &metrics.buffer_rejected_total,
+        );
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             let keep = previous.and_then(|p| {
@@ -103,6 +108,7 @@ impl Runtime {
                 }
                 None => (None, Vec::new()),
             };
+            metrics.clear_certs(&l.name);
             for c in &certs {
                 metrics
                     .tls_cert_expiry
@@ -263,6 +269,7 @@ impl Runtime {
                 config.limits.max_body_bytes,
                 policies,
                 r.strip_prefix.as_deref(),
+                r.matcher.case_insensitive,
                 ForwardConfig {
                     upstream,
                     timeout: r.timeout,
@@ -272,6 +279,7 @@ impl Runtime {
                     retry: r.retry.clone(),
                     fallback: r.fallback.clone(),
                     websocket: r.websocket.then_some(config.limits.idle_timeout),
+                    body_timeout: config.limits.body_timeout,
                 },
             ));
         }
@@ -281,7 +289,14 @@ impl Runtime {
             trusted_proxies: trusted,
         }));
         let table = RouteTable::new(config.routes.iter().map(|r| r.matcher.clone()).collect());
-        let router = Router::new(table, stacks, fallback, config.limits.max_headers);
+        let router = Router::new(
+            table,
+            stacks,
+            fallback,
+            config.limits.max_headers,
+            config.limits.encoded_slashes,
+            config.identity_headers(),
+        );
         let edge = stack::edge_stack(ids.clone(), config.server.trust_request_id, router.clone());
         Ok(Self {
             generation,

@@ -53,6 +53,7 @@ pub fn route_stack(
     max_body_bytes: u64,
     policies: RoutePolicies,
     strip_prefix: Option<&str>,
+    case_insensitive: bool,
     forward: ForwardConfig,
 ) -> RouteService {
     let keeps_path = forward.upstream.config.hash_on == Some(KeySpec::Path);
@@ -64,7 +65,11 @@ pub fn route_stack(
         .option_layer(policies.api_key)
         .option_layer(policies.integrity)
         .option_layer(policies.rate_limit)
-        .layer(RewriteLayer::new(strip_prefix, keeps_path))
+        .layer(RewriteLayer::new(
+            strip_prefix,
+            keeps_path,
+            case_insensitive,
+        ))
         .service(Forward::new(forward));
     BoxCloneSyncService::new(svc)
 }

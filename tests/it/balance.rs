@@ -285,7 +285,7 @@ async fn served_by(conn: &mut H1, user: &str) -> String {
     let res = conn
         .send(request(
             "GET",
-            &format!("/users/{user}"),
+            &format!("/users/{}", user.replace('{', "%7B").replace('}', "%7D")),
             &[("x-user-id", user)],
             Bytes::new(),
         ))

@@ -110,7 +110,7 @@ fn the_demo_starts_and_its_printed_curl_lines_work() {
         if curl.contains("authorization: Bearer") {
             assert!(body.contains("\"served_by\":\"orders-"), "{cmd}: {body}");
             assert!(
-                body.contains("\"x-user-id\":\"demo-user-7\""),
+                body.contains("\"x-auth-user\":\"demo-user-7\""),
                 "the sub claim goes upstream: {body}"
             );
         }

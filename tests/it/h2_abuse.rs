@@ -458,3 +458,183 @@ async fn ping_and_settings_floods_do_not_grow_memory_or_starve_others() {
         "peak RSS grew from {before} to {after} KiB"
     );
 }
+
+/// A raw HTTP/2 connection whose client never opens its stream windows
+/// (SETTINGS_INITIAL_WINDOW_SIZE = 0): the server can send headers, never body bytes.
+async fn zero_window_connection(gw: &Gateway, streams: u32) -> Raw {
+    let tls = tls_connect(
+        gw.addr("https"),
+        "localhost",
+        &[b"h2"],
+        &[&rustls::version::TLS13],
+    )
+    .await;
+    let (r, mut w) = tokio::io::split(tls);
+    let seen = Arc::new(Seen::default());
+    tokio::spawn(read_frames(r, seen.clone()));
+    w.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0.
+    w.write_all(&frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]))
+        .await
+        .unwrap();
+    w.write_all(&frame(SETTINGS, 0x1, 0, &[])).await.unwrap();
+    let block = request_block("/zero-window");
+    let mut open = Vec::new();
+    for k in 0..streams {
+        open.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1 + 2 * k, &block));
+    }
+    w.write_all(&open).await.unwrap();
+    Raw { w, seen }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_window_streams_release_their_upstream_connections_and_fall_to_send_timeout() {
+    let b = backend("small").await;
+    let gw = Gateway::start(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "https"
+listen = "127.0.0.1:0"
+tls = {{ self_signed = true }}
+
+[limits]
+send_timeout = "4s"
+
+[upstreams.app]
+targets = [{{ addr = "{}" }}]
+
+[[routes]]
+name = "all"
+upstream = "app"
+"#,
+        b.addr
+    ));
+    let mut conns = Vec::new();
+    for _ in 0..10 {
+        conns.push(zero_window_connection(&gw, 100).await);
+    }
+    // Every stream reached the upstream and got its (small) answer...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.state.requests() < 1000 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(b.state.requests(), 1000);
+    // ...read whole, so the upstream connections went back to the pool (at most
+    // max_idle_per_target = 64 kept): far under 10 % of the 1,000 streams stay open, although
+    // no client took a byte of body.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let open = b.state.open_connections();
+    eprintln!(
+        "zero-window: 1000 streams, {} upstream connections made, {open} open",
+        b.state.connections()
+    );
+    assert!(open <= 64, "{open} upstream connections still open");
+    assert!(conns.iter().all(|c| !c.seen.closed.load(Ordering::Relaxed)));
+    // send_timeout: the stalled connections are closed, their streams counted as reset.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && !conns.iter().all(|c| c.seen.closed.load(Ordering::Relaxed))
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        conns.iter().all(|c| c.seen.closed.load(Ordering::Relaxed)),
+        "a connection that took no byte for send_timeout is still open"
+    );
+    let stalled = gw
+        .metric("gateway_h2_connections_closed_total{listener=\"https\",reason=\"stalled\"}")
+        .await;
+    assert_eq!(stalled, 10.0);
+    let resets = gw
+        .metric("gateway_h2_streams_reset_total{listener=\"https\",reason=\"send_timeout\"}")
+        .await;
+    assert_eq!(resets, 1000.0);
+    others_are_served(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_bodies_to_an_integrity_route_are_refused_before_they_are_read() {
+    let b = backend("signed-only").await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        "client-1 = \"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0\"\n",
+    )
+    .unwrap();
+    let gw = Gateway::start(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "https"
+listen = "127.0.0.1:0"
+tls = {{ self_signed = true }}
+
+[integrity.strict]
+signature = "required"
+signature_keys_file = "{}"
+
+[upstreams.app]
+targets = [{{ addr = "{}" }}]
+
+[[routes]]
+name = "all"
+upstream = "app"
+integrity = "strict"
+"#,
+        keys.display(),
+        b.addr
+    ));
+    // 64 streams on one connection, each with a 9.9 MiB body and no signature.
+    let tls = tls_connect(
+        gw.addr("https"),
+        "localhost",
+        &[b"h2"],
+        &[&rustls::version::TLS13],
+    )
+    .await;
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let body = bytes::Bytes::from(vec![b'x'; 9_900 * 1024]);
+    let mut calls = Vec::new();
+    for _ in 0..64 {
+        let mut sender = sender.clone();
+        let body = body.clone();
+        calls.push(tokio::spawn(async move {
+            let req = http::Request::builder()
+                .method("POST")
+                .uri("https://localhost/upload")
+                .header("content-type", "application/octet-stream")
+                .body(http_body_util::Full::new(body))
+                .unwrap();
+            sender.ready().await.ok()?;
+            let res = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req))
+                .await
+                .ok()?
+                .ok()?;
+            Some(res.status())
+        }));
+    }
+    let mut refused = 0;
+    for c in calls {
+        if c.await.unwrap() == Some(StatusCode::BAD_REQUEST) {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 64, "every unsigned upload is answered 400");
+    assert_eq!(b.state.requests(), 0, "nothing reached the upstream");
+    let rss_mib = gw.peak_rss_kib() / 1024;
+    eprintln!("integrity before the body: 64 x 9.9 MiB refused, gateway peak RSS {rss_mib} MiB");
+    assert!(rss_mib < 200, "peak RSS {rss_mib} MiB");
+}

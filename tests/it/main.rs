@@ -12,6 +12,7 @@ mod demo;
 mod deploy;
 mod edge;
 mod h2_abuse;
+mod hardening;
 mod integrity;
 mod observability;
 mod proxy;

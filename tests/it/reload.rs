@@ -475,7 +475,7 @@ async fn health_and_rate_limit_state_carry_over_a_reload() {
 }
 
 /// A WebSocket echo origin (tokio-tungstenite): every text message comes back prefixed.
-async fn ws_echo() -> SocketAddr {
+pub(crate) async fn ws_echo() -> SocketAddr {
     use futures_util::{SinkExt, StreamExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

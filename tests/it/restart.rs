@@ -22,7 +22,37 @@ async fn sigusr2_hands_the_sockets_to_a_new_process_without_refusing_a_connectio
     let ok = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    let admin = gw.admin();
+    let not_ready = Arc::new(AtomicU64::new(0));
+    let probes = Arc::new(AtomicU64::new(0));
     let mut load = Vec::new();
+    {
+        // A readiness probe on the admin port, keep-alive, throughout: the old process must
+        // never answer 503 (draining) once the new one serves; it hands the port over.
+        let (stop, not_ready, probes) = (stop.clone(), not_ready.clone(), probes.clone());
+        load.push(tokio::spawn(async move {
+            let mut conn: Option<H1> = None;
+            for _ in 0..100_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let c = match conn.as_mut() {
+                    Some(c) => c,
+                    None => conn.insert(H1::connect(admin).await),
+                };
+                match c.send(request("GET", "/readyz", &[], Bytes::new())).await {
+                    Ok(r) => {
+                        probes.fetch_add(1, Ordering::Relaxed);
+                        if r.status != StatusCode::OK {
+                            not_ready.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) => conn = None,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
     for k in 0..4 {
         let (stop, ok, refused, failed) =
             (stop.clone(), ok.clone(), refused.clone(), failed.clone());
@@ -116,6 +146,13 @@ async fn sigusr2_hands_the_sockets_to_a_new_process_without_refusing_a_connectio
     assert!(ok > 200, "too little load: {ok}");
     assert_eq!(refused, 0, "connections refused during the hand-over");
     assert_eq!(failed, 0, "requests failed during the hand-over");
+    let (not_ready, probes) = (
+        not_ready.load(Ordering::Relaxed),
+        probes.load(Ordering::Relaxed),
+    );
+    eprintln!("readiness probes during the upgrade: {probes}, not ready: {not_ready}");
+    assert!(probes > 50, "too few probes: {probes}");
+    assert_eq!(not_ready, 0, "/readyz said 503 during the hand-over");
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::path::Path::new(&format!("/proc/{new_pid}")).exists() {
         if Instant::now() > deadline {

@@ -292,6 +292,7 @@ mod tests {
             circuit_breaker: None,
             max_in_flight: None,
             max_pending: None,
+            max_idle_per_target: 64,
         }
     }
 

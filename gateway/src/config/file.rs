@@ -91,6 +91,11 @@ pub struct LimitsFile {
     pub max_headers: Option<Spanned<i64>>,
     pub max_body_bytes: Option<Spanned<SizeValue>>,
     pub h2_max_concurrent_streams: Option<Spanned<i64>>,
+    pub encoded_slashes: Option<Spanned<String>>,
+    pub body_timeout: Option<Spanned<String>>,
+    pub send_timeout: Option<Spanned<String>>,
+    pub max_buffered_bytes: Option<Spanned<SizeValue>>,
+    pub h2_max_window_updates_per_data: Option<Spanned<i64>>,
 }
 
 /// A size: bytes as an integer, or a string with a unit (`"10MiB"`).
@@ -233,6 +238,7 @@ pub struct UpstreamFile {
     pub max_in_flight: Option<Spanned<i64>>,
     pub max_pending: Option<Spanned<i64>>,
     pub maglev_table_size: Option<Spanned<i64>>,
+    pub max_idle_per_target: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -314,6 +320,7 @@ pub struct MatchFile {
     pub path_regex: Option<Spanned<String>>,
     pub methods: Option<Vec<Spanned<String>>>,
     pub headers: Option<BTreeMap<Name, Spanned<String>>>,
+    pub case_sensitive: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

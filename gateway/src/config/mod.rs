@@ -53,6 +53,43 @@ pub struct Config {
     pub redacted: serde_json::Value,
 }
 
+/// Headers a `Connection` header can never remove (besides the identity headers), and
+/// `request_headers` may not name (SPEC §8.2).
+pub const PROTECTED_HEADERS: [&str; 5] = [
+    "host",
+    "content-length",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+];
+
+/// Identity headers the gateway sets from verified sources (SPEC §8.2) beyond the configured
+/// `claims_to_headers`: removed from every incoming request.
+pub const FIXED_IDENTITY_HEADERS: [&str; 3] = [
+    "x-api-key-name",
+    "x-client-cert-subject",
+    "x-client-cert-sha256",
+];
+
+impl Config {
+    /// Every header name the gateway sets from a verified source: removed from every incoming
+    /// request on every route, and never removable by a `Connection` header.
+    pub fn identity_headers(&self) -> Vec<HeaderName> {
+        let mut out: Vec<HeaderName> = FIXED_IDENTITY_HEADERS
+            .iter()
+            .map(|n| HeaderName::from_static(n))
+            .collect();
+        for p in self.jwt.values() {
+            for (_, h) in &p.claims_to_headers {
+                if !out.contains(h) {
+                    out.push(h.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Server {
     pub node_id: u16,
@@ -113,6 +150,15 @@ pub struct Limits {
     pub max_headers: usize,
     pub max_body_bytes: u64,
     pub h2_max_concurrent_streams: u32,
+    pub encoded_slashes: EncodedSlashes,
+    /// A buffered request body must arrive whole within this; a streamed one may not pause longer.
+    pub body_timeout: Duration,
+    /// Response bytes the client takes none of for this long: stream reset / connection closed.
+    pub send_timeout: Duration,
+    /// Body bytes held in the gateway's own buffers at once.
+    pub max_buffered_bytes: u64,
+    /// WINDOW_UPDATE frames allowed per DATA frame sent (plus 1,000); 0 = rule off.
+    pub h2_max_window_updates_per_data: u32,
 }
 
 impl Default for Limits {
@@ -125,6 +171,11 @@ impl Default for Limits {
             max_headers: 100,
             max_body_bytes: 10 << 20,
             h2_max_concurrent_streams: 256,
+            encoded_slashes: EncodedSlashes::Reject,
+            body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            max_buffered_bytes: 256 << 20,
+            h2_max_window_updates_per_data: 10,
         }
     }
 }
@@ -144,6 +195,8 @@ pub struct Upstream {
     pub circuit_breaker: Option<BreakerPolicy>,
     pub max_in_flight: Option<u64>,
     pub max_pending: Option<u64>,
+    /// Idle pooled connections kept per endpoint; more are closed.
+    pub max_idle_per_target: usize,
 }
 
 /// Active health checks of every target and backup of an upstream.
@@ -371,6 +424,16 @@ pub struct RoutePolicies {
     pub rate_limit: Option<String>,
 }
 
+/// What to do with `%2F` and `%5C` in a request path (`[limits] encoded_slashes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EncodedSlashes {
+    /// 400.
+    #[default]
+    Reject,
+    /// Kept (upper-case hex), never a separator.
+    Keep,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Match {
     pub host: Option<HostMatch>,
@@ -380,6 +443,8 @@ pub struct Match {
     pub path_regex: Option<regex::Regex>,
     pub methods: Option<Vec<Method>>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `case_sensitive = false`: path, prefix and regex compare ASCII case-insensitively.
+    pub case_insensitive: bool,
 }
 
 /// A host to match, lower-case, without port.

@@ -15,9 +15,9 @@ use toml::Spanned;
 use super::file::{self, BalancerKind, OnMissingKey, SizeValue, SlotsValue};
 use super::units::{parse_duration, parse_size};
 use super::{
-    Admin, ApiKeyPolicy, BreakerPolicy, CertSource, CheckMode, Config, Fallback, HealthCheck,
-    HostMatch, IntegrityPolicy, JwtPolicy, JwtSource, Limits, Listener, Loaded, Match, Mode,
-    OnError, OutlierPolicy, RateLimitPolicy, RedisConfig, RetryOn, RetryPolicy, Route,
+    Admin, ApiKeyPolicy, BreakerPolicy, CertSource, CheckMode, Config, EncodedSlashes, Fallback,
+    HealthCheck, HostMatch, IntegrityPolicy, JwtPolicy, JwtSource, Limits, Listener, Loaded, Match,
+    Mode, OnError, OutlierPolicy, RateLimitPolicy, RedisConfig, RetryOn, RetryPolicy, Route,
     RoutePolicies, Server, Source, Store, Target, Tls, TlsVersion, Upstream,
 };
 use crate::balance::key::KeySpec;
@@ -284,10 +284,12 @@ impl Validator<'_> {
             if let Some(value) = self.env(env, "node_id_env") {
                 match value.trim().parse::<u16>() {
                     Ok(n) if n <= 1023 => node_id = n,
+                    // Never the value: the variable may be a secret named by mistake, and
+                    // errors reach logs and `POST /admin/reload` answers.
                     _ => self.error(
                         env.span(),
                         format!(
-                            "environment variable {} holds {value:?}, not a node id within 0..=1023",
+                            "environment variable {} does not hold a node id within 0..=1023",
                             env.get_ref()
                         ),
                     ),
@@ -486,6 +488,34 @@ impl Validator<'_> {
                 1..=100_000,
                 "h2_max_concurrent_streams",
             ) as u32,
+            encoded_slashes: match l
+                .encoded_slashes
+                .as_ref()
+                .map(|s| (s.get_ref().as_str(), s))
+            {
+                None | Some(("reject", _)) => EncodedSlashes::Reject,
+                Some(("keep", _)) => EncodedSlashes::Keep,
+                Some((other, s)) => {
+                    self.error(
+                        s.span(),
+                        format!("encoded_slashes must be \"reject\" or \"keep\", not {other:?}"),
+                    );
+                    EncodedSlashes::Reject
+                }
+            },
+            body_timeout: self.positive_duration(&l.body_timeout, d.body_timeout, "body_timeout"),
+            send_timeout: self.positive_duration(&l.send_timeout, d.send_timeout, "send_timeout"),
+            max_buffered_bytes: self.size(
+                &l.max_buffered_bytes,
+                d.max_buffered_bytes,
+                "max_buffered_bytes",
+            ),
+            h2_max_window_updates_per_data: self.int_in(
+                &l.h2_max_window_updates_per_data,
+                i64::from(d.h2_max_window_updates_per_data),
+                0..=1_000_000,
+                "h2_max_window_updates_per_data",
+            ) as u32,
         }
     }
 
@@ -583,7 +613,15 @@ impl Validator<'_> {
                     .as_ref()
                     .or(rf.url_env.as_ref())
                     .map_or(r.span(), |s| s.span());
-                self.error(span, format!("bad redis url: {e}"));
+                if rf.url_env.is_some() {
+                    // The URL may carry a password: never print what the variable holds.
+                    self.error(
+                        span,
+                        "the redis url in this environment variable is not valid",
+                    );
+                } else {
+                    self.error(span, format!("bad redis url: {e}"));
+                }
                 return None;
             }
             Some(RedisConfig {
@@ -1062,6 +1100,12 @@ impl Validator<'_> {
             .max_pending
             .as_ref()
             .map(|m| self.int_in(&Some(m.clone()), 1, 1..=10_000_000, "max_pending") as u64);
+        let max_idle_per_target = self.int_in(
+            &uf.max_idle_per_target,
+            64,
+            0..=100_000,
+            "max_idle_per_target",
+        ) as usize;
         let mut maglev_table_size = None;
         if let Some(m) = &uf.maglev_table_size {
             let size = *m.get_ref();
@@ -1098,6 +1142,7 @@ impl Validator<'_> {
             circuit_breaker,
             max_in_flight,
             max_pending,
+            max_idle_per_target,
         })
     }
 
@@ -1488,13 +1533,21 @@ impl Validator<'_> {
         });
         let path_like = |v: &Option<Spanned<String>>, what: &str, this: &mut Self| {
             v.as_ref().map(|p| {
-                if !p.get_ref().starts_with('/') {
+                let text = p.get_ref();
+                if !text.starts_with('/') {
+                    this.error(p.span(), format!("{what} {text:?} must start with /"));
+                } else if !crate::path::is_normal(text) {
+                    // Requests are matched on their normalised path (SPEC §8.2): a path
+                    // that is not normal itself could never match.
+                    let hint = crate::path::normalise(text, EncodedSlashes::Keep)
+                        .map(|n| crate::path::match_path(&n).into_owned())
+                        .map_or(String::new(), |n| format!(" (write {n:?})"));
                     this.error(
                         p.span(),
-                        format!("{what} {:?} must start with /", p.get_ref()),
+                        format!("{what} {text:?} is not a normalised path{hint}"),
                     );
                 }
-                p.get_ref().clone()
+                text.clone()
             })
         };
         let path = path_like(&mf.path, "path", self);
@@ -1506,8 +1559,10 @@ impl Validator<'_> {
                 t.to_string()
             }
         });
+        let case_insensitive = mf.case_sensitive == Some(false);
         let path_regex = mf.path_regex.as_ref().and_then(|r| {
             match regex::RegexBuilder::new(r.get_ref())
+                .case_insensitive(case_insensitive)
                 .size_limit(1 << 20)
                 .build()
             {
@@ -1565,6 +1620,7 @@ impl Validator<'_> {
             path_regex,
             methods,
             headers,
+            case_insensitive,
         }
     }
 }

@@ -139,6 +139,11 @@ async fn serve_stream<T>(
         metrics.bytes_out.clone(),
         (!h2).then_some(limits.header_timeout),
     );
+    let io = if h2 {
+        io.with_h2_watch(limits.h2_max_window_updates_per_data)
+    } else {
+        io
+    };
     let svc = EdgeAdapter {
         shared: shared.clone(),
         info: Arc::new(ConnInfo {
@@ -156,7 +161,16 @@ async fn serve_stream<T>(
             .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
             .max_send_buf_size(1 << 20);
         let conn = builder.serve_connection(TokioIo::new(io), svc);
-        drive(conn, |c| c.graceful_shutdown(), state, limits, true, shared).await;
+        drive(
+            conn,
+            |c| c.graceful_shutdown(),
+            state,
+            limits,
+            true,
+            shared,
+            (&metrics.h2_closed, &metrics.h2_reset_send_timeout),
+        )
+        .await;
     } else {
         metrics.h1.inc();
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -180,6 +194,7 @@ async fn serve_stream<T>(
             limits,
             false,
             shared,
+            (&metrics.h2_closed, &metrics.h2_reset_send_timeout),
         )
         .await;
     }
@@ -191,6 +206,8 @@ enum Check {
     Close,
     /// Drop the connection now (stalled, or a graceful close that did not finish).
     Abort,
+    /// Responses waited on the client for `send_timeout`: drop the connection.
+    SendTimeout,
     /// Look again then.
     At(Instant),
 }
@@ -211,11 +228,15 @@ fn check(
     let busy = state.is_busy();
     if busy {
         let stall = state.stall_deadline(limits.idle_timeout);
-        return if now >= stall {
-            Check::Abort
-        } else {
-            Check::At(stall)
-        };
+        if now >= stall {
+            return Check::Abort;
+        }
+        if state.waiting_on_client() > 0 && now >= state.send_deadline(limits.send_timeout) {
+            return Check::SendTimeout;
+        }
+        // Responses may start waiting on the client at any time: look again soon.
+        let tick = now + limits.send_timeout.min(Duration::from_secs(1));
+        return Check::At(stall.min(tick));
     }
     if let Some(since) = closing_since {
         let end = since.max(state.idle_deadline(Duration::ZERO)) + CLOSE_GRACE;
@@ -245,10 +266,37 @@ async fn drive<C, E>(
     limits: &Limits,
     h2: bool,
     shared: Arc<Shared>,
+    (h2_closed, send_timeouts): (&[prometheus::IntCounter; 6], &prometheus::IntCounter),
 ) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
+    let counted = |state: &ConnState| {
+        if let Some(reason) = state.abuse() {
+            let i = crate::metrics::H2Abuse::ALL
+                .iter()
+                .position(|a| *a == reason)
+                .unwrap_or(0);
+            h2_closed[i].inc();
+            let why = match reason {
+                crate::metrics::H2Abuse::RapidReset => {
+                    "it resets most of its streams before they are answered (rapid reset)"
+                }
+                crate::metrics::H2Abuse::WindowUpdateFlood => {
+                    "it sends far more WINDOW_UPDATE frames than it receives DATA frames"
+                }
+                crate::metrics::H2Abuse::Stalled => {
+                    "the client took no response bytes for send_timeout"
+                }
+                _ => "it floods control frames",
+            };
+            tracing::warn!(
+                requests = state.requests(),
+                reason = reason.as_str(),
+                "closing an abusive client connection: {why}"
+            );
+        }
+    };
     let mut conn = std::pin::pin!(conn);
     let mut drain = shared.drain_signal();
     let mut closing_since = None;
@@ -264,13 +312,16 @@ async fn drive<C, E>(
                 if let Err(e) = res {
                     tracing::debug!(error = %e, "client connection ended with an error");
                 }
+                counted(&state);
+                if state.is_upgraded() {
+                    // A WebSocket tunnel lives on in its own task: the connection stays
+                    // counted (max_connections, the drain) until it closes.
+                    state.tunnel_closed().await;
+                }
                 return;
             }
             () = state.abused() => {
-                tracing::warn!(
-                    requests = state.requests(),
-                    "dropping an HTTP/2 connection that resets most of its streams before they are answered (rapid reset)"
-                );
+                counted(&state);
                 return;
             }
             changed = drain.changed(), if !draining => {
@@ -310,6 +361,19 @@ async fn drive<C, E>(
                         tracing::debug!(closing = closing_since.is_some(), "dropping a stalled or unfinished client connection");
                         return;
                     }
+                    Check::SendTimeout => {
+                        let streams = state.waiting_on_client();
+                        if h2 {
+                            // hyper gives no handle on one stream: the connection goes, and
+                            // each stream that waited counts as reset for send_timeout.
+                            send_timeouts.inc_by(u64::from(streams));
+                            state.mark_abusive(crate::metrics::H2Abuse::Stalled);
+                            counted(&state);
+                        } else {
+                            tracing::info!("closing a connection whose client took no response bytes for send_timeout");
+                        }
+                        return;
+                    }
                     Check::At(at) => timer.as_mut().reset(at),
                 }
             }
@@ -335,6 +399,7 @@ impl hyper::service::Service<Request<Incoming>> for EdgeAdapter {
         self.state.request_started();
         let rt = self.shared.runtime.load();
         let limit = rt.config.limits.max_body_bytes;
+        let body_timeout = rt.config.limits.body_timeout;
         let edge = rt.edge.clone();
         drop(rt);
         let (mut parts, body) = req.into_parts();
@@ -353,7 +418,7 @@ impl hyper::service::Service<Request<Incoming>> for EdgeAdapter {
                 close = true;
             }
         }
-        let body = ReqBody::new(body, limit, Some(self.state.clone()));
+        let body = ReqBody::new(body, limit, Some(self.state.clone()), body_timeout);
         EdgeFuture {
             inner: edge.oneshot(Request::from_parts(parts, body)),
             state: Some(self.state.clone()),
@@ -398,18 +463,25 @@ impl Future for EdgeFuture {
             Poll::Pending => return Poll::Pending,
         };
         let state = this.state.take();
-        if res.status() == StatusCode::PAYLOAD_TOO_LARGE
-            && !*this.h2
-            && res.body().is_gateway_made()
+        let refused_head = *this.close && !*this.h2;
+        if refused_head
+            || (res.status() == StatusCode::PAYLOAD_TOO_LARGE
+                && !*this.h2
+                && res.body().is_gateway_made())
         {
-            // The rest of the body may still be on the wire: close, lingering (io.rs).
+            // The rest of the body may still be on the wire (after a refused ambiguous head,
+            // even a smuggled request): close, lingering (io.rs), never parse it.
             res.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             if let Some(s) = &state {
                 s.linger_on_close();
             }
         }
-        Poll::Ready(Ok(res.map(|inner| ConnBody { inner, state })))
+        Poll::Ready(Ok(res.map(|inner| ConnBody {
+            inner,
+            state,
+            waiting: false,
+        })))
     }
 }
 
@@ -418,6 +490,8 @@ impl Future for EdgeFuture {
 pub struct ConnBody {
     inner: ObservedBody,
     state: Option<Arc<ConnState>>,
+    /// Handed hyper data it has not come back for yet (`ConnState::wait_on_client`).
+    waiting: bool,
 }
 
 impl Body for ConnBody {
@@ -428,7 +502,23 @@ impl Body for ConnBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        if this.waiting {
+            this.waiting = false;
+            if let Some(s) = &this.state {
+                s.client_took();
+            }
+        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                if let Some(s) = &this.state {
+                    s.wait_on_client();
+                    this.waiting = true;
+                }
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -443,6 +533,9 @@ impl Body for ConnBody {
 impl Drop for ConnBody {
     fn drop(&mut self) {
         if let Some(state) = self.state.take() {
+            if self.waiting {
+                state.client_took();
+            }
             state.half_done();
         }
     }

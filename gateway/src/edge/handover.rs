@@ -178,6 +178,9 @@ pub fn spawn_upgrade_on_signal(shared: &Arc<Shared>) {
             match tokio::task::spawn_blocking(move || spawn_successor(sockets)).await {
                 Ok(Ok(pid)) => {
                     tracing::info!(new_pid = pid, "handed over to the new process");
+                    // The new process is ready: its admin port answers from now on (ours
+                    // would say 503 while we drain, and a probe must not see that).
+                    shared.stop_admin();
                     shared.handed_over.notify_one();
                     return;
                 }

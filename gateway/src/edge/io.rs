@@ -16,12 +16,15 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prometheus::IntCounter;
+
+use super::h2_frames::H2Watch;
+use crate::metrics::H2Abuse;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -57,8 +60,19 @@ pub struct ConnState {
     premature_resets: AtomicU64,
     /// The connection became a tunnel (WebSocket): no more request heads to time.
     upgraded: AtomicBool,
+    /// The tunnel ended (the connection's count and drain wait for it).
+    tunnel_done: tokio::sync::Notify,
     /// Set once the connection looks abusive; wakes the connection's driver to drop it.
     abusive: tokio::sync::Notify,
+    /// Why (`H2Abuse` index + 1; 0 none).
+    abuse: AtomicU8,
+    /// Responses that handed the server bytes it has not come back for since: the client
+    /// is not taking them (zero window, full socket) or they are being written right now.
+    waiting_on_client: AtomicU32,
+    /// Last time a response started waiting on the client, in ms since `started`.
+    last_wait_ms: AtomicU64,
+    /// Last time bytes were written to the client, in ms since `started`.
+    last_write_ms: AtomicU64,
 }
 
 impl ConnState {
@@ -74,7 +88,12 @@ impl ConnState {
             head_verdict: AtomicU8::new(0),
             premature_resets: AtomicU64::new(0),
             abusive: tokio::sync::Notify::new(),
+            abuse: AtomicU8::new(0),
+            waiting_on_client: AtomicU32::new(0),
+            last_wait_ms: AtomicU64::new(0),
+            last_write_ms: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
+            tunnel_done: tokio::sync::Notify::new(),
         }
     }
 
@@ -85,6 +104,17 @@ impl ConnState {
 
     pub fn is_upgraded(&self) -> bool {
         self.upgraded.load(Ordering::Acquire)
+    }
+
+    /// The tunnel this connection became has closed.
+    pub fn tunnel_ended(&self) {
+        self.tunnel_done.notify_one();
+    }
+
+    /// Resolves once the tunnel has closed: until then the connection still counts against
+    /// `max_connections` and the drain waits for it.
+    pub async fn tunnel_closed(&self) {
+        self.tunnel_done.notified().await;
     }
 
     /// When bytes last moved either way on this connection.
@@ -102,9 +132,56 @@ impl ConnState {
         let streams = self.requests();
         let abusive = streams >= PREMATURE_RESET_MIN_STREAMS && resets * 2 >= streams;
         if abusive {
-            self.abusive.notify_one();
+            self.mark_abusive(H2Abuse::RapidReset);
         }
         abusive
+    }
+
+    /// The connection is abusive: its driver drops it and counts `reason` (first one wins).
+    pub fn mark_abusive(&self, reason: H2Abuse) {
+        let idx = H2Abuse::ALL.iter().position(|a| *a == reason).unwrap_or(0) as u8;
+        let _ = self
+            .abuse
+            .compare_exchange(0, idx + 1, Ordering::AcqRel, Ordering::Acquire);
+        self.abusive.notify_one();
+    }
+
+    /// A response handed the server bytes and waits for it to send them.
+    pub fn wait_on_client(&self) {
+        self.waiting_on_client.fetch_add(1, Ordering::AcqRel);
+        self.last_wait_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// The server came back for more (or the response ended).
+    pub fn client_took(&self) {
+        self.waiting_on_client.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Responses whose bytes wait for the client.
+    pub fn waiting_on_client(&self) -> u32 {
+        self.waiting_on_client.load(Ordering::Acquire)
+    }
+
+    /// When responses waiting on the client count as stalled: `send_timeout` after the later
+    /// of the last byte written and the last response that started waiting.
+    pub fn send_deadline(&self, send_timeout: Duration) -> Instant {
+        let ms = self
+            .last_write_ms
+            .load(Ordering::Relaxed)
+            .max(self.last_wait_ms.load(Ordering::Relaxed));
+        self.at(ms) + send_timeout
+    }
+
+    fn touch_write(&self) {
+        self.last_write_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Why the connection was found abusive, if it was.
+    pub fn abuse(&self) -> Option<H2Abuse> {
+        match self.abuse.load(Ordering::Acquire) {
+            0 => None,
+            n => H2Abuse::ALL.get(usize::from(n - 1)).copied(),
+        }
     }
 
     /// Resolves once the connection was found abusive.
@@ -203,6 +280,8 @@ pub struct EdgeIo<T> {
     pending_out: u64,
     head: Option<HeadTimer>,
     linger: Option<Linger>,
+    /// HTTP/2 connections: frame counts for the WINDOW_UPDATE rule (`h2_frames.rs`).
+    h2: Option<Box<H2Watch>>,
 }
 
 /// The request-head deadline of an HTTP/1 connection, and the raw copy of the head being
@@ -257,7 +336,16 @@ impl<T> EdgeIo<T> {
             pending_out: 0,
             head,
             linger: None,
+            h2: None,
         }
+    }
+
+    /// Watch HTTP/2 frames: `per_data` is `h2_max_window_updates_per_data` (0 = rule off).
+    pub fn with_h2_watch(mut self, per_data: u32) -> Self {
+        if per_data > 0 {
+            self.h2 = Some(Box::new(H2Watch::new(per_data)));
+        }
+        self
     }
 
     fn flush_in(&mut self) {
@@ -369,7 +457,7 @@ impl HeadTimer {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for EdgeIo<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for EdgeIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -383,9 +471,29 @@ impl<T: AsyncRead + Unpin> AsyncRead for EdgeIo<T> {
                     let this = &mut *self;
                     this.pending_in += n;
                     this.state.touch_io();
+                    let filled = buf.filled();
+                    let fresh = &filled[filled.len() - n as usize..];
                     if let Some(h) = this.head.as_mut() {
-                        let filled = buf.filled();
-                        h.on_bytes(&this.state, &filled[filled.len() - n as usize..]);
+                        h.on_bytes(&this.state, fresh);
+                    }
+                    if let Some(w) = this.h2.as_mut() {
+                        if w.on_read(fresh) {
+                            // A WINDOW_UPDATE flood: GOAWAY ENHANCE_YOUR_CALM (written here,
+                            // between two of hyper's frames, when the stream allows), then
+                            // the connection ends.
+                            this.state.mark_abusive(H2Abuse::WindowUpdateFlood);
+                            if w.write.at_boundary() {
+                                let goaway = w.goaway();
+                                if let Poll::Ready(Ok(_)) =
+                                    Pin::new(&mut this.inner).poll_write(cx, &goaway)
+                                {
+                                    let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                                }
+                            }
+                            return Poll::Ready(Err(io::Error::other(
+                                "HTTP/2 WINDOW_UPDATE flood",
+                            )));
+                        }
                     }
                 } else {
                     self.flush_in();
@@ -420,6 +528,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for EdgeIo<T> {
         if let Poll::Ready(Ok(n)) = &r {
             self.pending_out += *n as u64;
             self.state.touch_io();
+            self.state.touch_write();
+            if let Some(w) = self.h2.as_mut() {
+                w.on_write(&data[..*n]);
+            }
         }
         r
     }
@@ -433,6 +545,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for EdgeIo<T> {
         if let Poll::Ready(Ok(n)) = &r {
             self.pending_out += *n as u64;
             self.state.touch_io();
+            self.state.touch_write();
+            if let Some(w) = self.h2.as_mut() {
+                let mut left = *n;
+                for b in bufs {
+                    if left == 0 {
+                        break;
+                    }
+                    let k = left.min(b.len());
+                    w.on_write(&b[..k]);
+                    left -= k;
+                }
+            }
         }
         r
     }

@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod h1;
+pub mod h2_frames;
 pub mod handover;
 pub mod io;
 pub mod proxy_protocol;
@@ -85,6 +86,8 @@ pub struct Shared {
     admin_socket: std::sync::Mutex<Option<std::net::TcpListener>>,
     /// A new process took over our sockets (SIGUSR2): drain and exit.
     pub handed_over: Notify,
+    /// Set at a binary-upgrade hand-over: the admin port is the new process's from then on.
+    admin_stop: watch::Sender<bool>,
     /// The readings behind `/admin/status` (touched only when someone asks).
     pub status: crate::status::Sampler,
 }
@@ -105,7 +108,27 @@ impl Shared {
             listeners: std::sync::Mutex::new(std::collections::HashMap::new()),
             admin_socket: std::sync::Mutex::new(None),
             handed_over: Notify::new(),
+            admin_stop: watch::channel(false).0,
         }
+    }
+
+    /// Hand the admin port to the new process: stop accepting on it, close our copy of the
+    /// socket, and let admin connections close after their current response.
+    pub fn stop_admin(&self) {
+        if let Ok(mut slot) = self.admin_socket.lock() {
+            slot.take();
+        }
+        self.admin_stop.send_replace(true);
+    }
+
+    /// Whether a binary upgrade handed our sockets to a new process.
+    pub fn is_handed_over(&self) -> bool {
+        *self.admin_stop.borrow()
+    }
+
+    /// Resolves (changes to `true`) when the admin port was handed over.
+    pub fn admin_stop_signal(&self) -> watch::Receiver<bool> {
+        self.admin_stop.subscribe()
     }
 
     /// Duplicates of the listening sockets, by listener name (`admin` for the admin port),

@@ -195,6 +195,7 @@ pub async fn reload_from(
         }
     };
     shared.runtime.store(Arc::new(runtime));
+    shared.metrics.prune(&config);
     start_listeners(shared, &config, added, moved);
     shared
         .metrics
@@ -317,7 +318,7 @@ pub fn spawn_signal_reloads(shared: &Arc<Shared>) {
     }
 }
 
-/// Reload when the config file changes on disk, debounced by 300 ms. The directory is
+/// Reload when the config file changes on disk, once it reads the same twice 300 ms apart. The directory is
 /// watched, not the file, so editors that replace the file and Kubernetes ConfigMap volumes
 /// (which swap a symlinked directory) are seen too; a change that leaves the config as it
 /// was does nothing.
@@ -357,9 +358,26 @@ pub fn spawn_file_watch(shared: &Arc<Shared>, path: &Path) {
     tokio::spawn(async move {
         let _watcher = watcher;
         while rx.recv().await.is_some() {
-            // Debounce: an editor's save is often several events.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            while rx.try_recv().is_ok() {}
+            // Debounce: an editor's save is often several events, and a writer that is not
+            // done yet leaves a half file. Apply only once the file reads the same twice,
+            // 300 ms apart (SPEC §8.2); give up on this change after ~6 s of churn (the next
+            // event starts over).
+            let mut last = tokio::fs::read(&file).await.ok();
+            let mut settled = false;
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                while rx.try_recv().is_ok() {}
+                let now = tokio::fs::read(&file).await.ok();
+                if now.is_some() && now == last {
+                    settled = true;
+                    break;
+                }
+                last = now;
+            }
+            if !settled {
+                tracing::warn!(file = %file.display(), "config file kept changing (or could not be read): not reloaded");
+                continue;
+            }
             let report = reload(&shared, Trigger::FileChanged, false).await;
             if report.outcome == "success" {
                 tracing::info!(

@@ -80,7 +80,7 @@ impl Endpoint {
             id,
             addr,
             backup_of,
-            pool: Pool::new(addr),
+            pool: Pool::new(addr, cfg.max_idle_per_target),
             metrics,
             healthy: AtomicBool::new(true),
             last_probe: ArcSwapOption::empty(),
@@ -243,6 +243,7 @@ mod tests {
             circuit_breaker: None,
             max_in_flight: None,
             max_pending: None,
+            max_idle_per_target: 64,
         }
     }
 

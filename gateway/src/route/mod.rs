@@ -1,4 +1,5 @@
-//! (2) Which route? Path normalisation, the route table, and dispatch to the route's stack.
+//! (2) Which route? The one normalised path (`crate::path`), the route table, and dispatch to
+//! the route's stack.
 //!
 //! Comes after the request id (`policy/request_id.rs`) and before the route's own stack
 //! (`stack.rs`). Requests no route matches (and every request on a `redirect_https`
@@ -7,18 +8,21 @@
 pub mod rewrite;
 pub mod table;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Ready;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{Service, ServiceExt};
 
 use crate::body::{ReqBody, ResBody};
+use crate::config::EncodedSlashes;
 use crate::edge::ConnInfo;
 use crate::error::GatewayError;
+use crate::path;
 use crate::policy::observe::ObservedBody;
 use table::RouteTable;
 
@@ -37,6 +41,9 @@ struct RouterInner {
     routes: Vec<RouteService>,
     fallback: RouteService,
     max_headers: usize,
+    encoded_slashes: EncodedSlashes,
+    /// Header names only the gateway may set (`Config::identity_headers`).
+    identity: Vec<HeaderName>,
 }
 
 impl Router {
@@ -46,6 +53,8 @@ impl Router {
         routes: Vec<RouteService>,
         fallback: RouteService,
         max_headers: usize,
+        encoded_slashes: EncodedSlashes,
+        identity: Vec<HeaderName>,
     ) -> Self {
         Self {
             inner: Arc::new(RouterInner {
@@ -53,6 +62,8 @@ impl Router {
                 routes,
                 fallback,
                 max_headers,
+                encoded_slashes,
+                identity,
             }),
         }
     }
@@ -69,7 +80,7 @@ impl Router {
 #[derive(Clone, Copy, Debug)]
 pub enum Refused {
     TooManyHeaders,
-    /// An ambiguous or malformed head (`edge/h1.rs`, encoded traversal).
+    /// An ambiguous or malformed head (`edge/h1.rs`), or a path `crate::path` refuses.
     Malformed(&'static str),
 }
 
@@ -89,27 +100,89 @@ impl Service<Request<ReqBody>> for Router {
             .get::<Arc<ConnInfo>>()
             .is_some_and(|c| c.listener.redirect_https.is_some());
         let mut found = None;
+        protect_identity(&mut parts.headers, &self.inner.identity);
         if parts.extensions.get::<Refused>().is_some() {
             // Refused at the edge already.
         } else if parts.headers.len() > self.inner.max_headers {
             parts.extensions.insert(Refused::TooManyHeaders);
-        } else if rewrite::has_encoded_traversal(parts.uri.path()) {
-            parts
-                .extensions
-                .insert(Refused::Malformed("encoded dot-segment or slash in path"));
-        } else if !redirect {
-            if let Some(normal) = rewrite::normalize_path(parts.uri.path()) {
-                if let Ok(uri) = rewrite::with_path(&parts.uri, &normal) {
-                    parts.uri = uri;
+        } else if redirect {
+            // Answered with a redirect: the path is passed on as sent.
+        } else if parts.uri.path() == "*" && parts.method == http::Method::OPTIONS {
+            // `OPTIONS *` asks about the server, not a resource: no route takes it.
+        } else {
+            match path::normalise(parts.uri.path(), self.inner.encoded_slashes) {
+                Err(e) => {
+                    parts.extensions.insert(Refused::Malformed(e.reason()));
                 }
+                Ok(Cow::Borrowed(_)) => {
+                    let p = path::match_path(parts.uri.path());
+                    found = self.inner.table.find(&parts, &p);
+                }
+                Ok(Cow::Owned(normal)) => match rewrite::with_path(&parts.uri, &normal) {
+                    Ok(uri) => {
+                        if let Some(pq) = parts.uri.path_and_query() {
+                            parts.extensions.insert(path::RawTarget(pq.clone()));
+                        }
+                        parts.uri = uri;
+                        let p = path::match_path(parts.uri.path());
+                        found = self.inner.table.find(&parts, &p);
+                    }
+                    Err(_) => {
+                        parts
+                            .extensions
+                            .insert(Refused::Malformed("invalid request path"));
+                    }
+                },
             }
-            found = self.inner.table.find(&parts, parts.uri.path());
         }
         let svc = match found {
             Some(i) => &self.inner.routes[i],
             None => &self.inner.fallback,
         };
         svc.clone().oneshot(Request::from_parts(parts, body))
+    }
+}
+
+/// Forged identity headers go (on every route, whatever its policies), and a `Connection`
+/// header loses the tokens that name them or the other protected headers, so the hop-by-hop
+/// removal before forwarding (`upstream/forward.rs`) cannot take away what the gateway set.
+fn protect_identity(headers: &mut HeaderMap, identity: &[HeaderName]) {
+    for name in identity {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+    if !headers.contains_key(header::CONNECTION) {
+        return;
+    }
+    let named_protected = |t: &str| {
+        let t = t.trim();
+        crate::config::PROTECTED_HEADERS
+            .iter()
+            .any(|p| t.eq_ignore_ascii_case(p))
+            || identity.iter().any(|n| t.eq_ignore_ascii_case(n.as_str()))
+    };
+    let touched = headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .map_or(true, |v| v.split(',').any(named_protected))
+    });
+    if !touched {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !named_protected(t))
+        .map(str::to_string)
+        .collect();
+    headers.remove(header::CONNECTION);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
+            headers.insert(header::CONNECTION, v);
+        }
     }
 }
 

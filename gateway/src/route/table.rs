@@ -17,7 +17,7 @@ impl RouteTable {
     }
 
     /// The index of the first route whose rule holds for this request, if any.
-    /// `path` is the normalised path (dot segments resolved).
+    /// `path` is the match path: normalised, `;` parameters removed (`crate::path`).
     pub fn find(&self, parts: &Parts, path: &str) -> Option<usize> {
         let host = request_host(&parts.uri, &parts.headers);
         self.matches
@@ -91,12 +91,17 @@ fn matches(
         }
     }
     if let Some(p) = &m.path {
-        if path != p {
+        let same = if m.case_insensitive {
+            path.eq_ignore_ascii_case(p)
+        } else {
+            path == p
+        };
+        if !same {
             return false;
         }
     }
     if let Some(prefix) = &m.path_prefix {
-        if !has_segment_prefix(path, prefix) {
+        if !has_segment_prefix_case(path, prefix, m.case_insensitive) {
             return false;
         }
     }
@@ -113,10 +118,23 @@ fn matches(
 /// `/api` matches `/api`, `/api/` and `/api/x`, not `/apiary`. `prefix` has no trailing `/`
 /// (except the root, which matches everything).
 pub fn has_segment_prefix(path: &str, prefix: &str) -> bool {
+    has_segment_prefix_case(path, prefix, false)
+}
+
+/// `has_segment_prefix`, ASCII case-insensitive when asked (`case_sensitive = false`).
+pub fn has_segment_prefix_case(path: &str, prefix: &str, case_insensitive: bool) -> bool {
     if prefix == "/" {
         return true;
     }
-    path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
+    let Some(head) = path.get(..prefix.len()) else {
+        return false;
+    };
+    let same = if case_insensitive {
+        head.eq_ignore_ascii_case(prefix)
+    } else {
+        head == prefix
+    };
+    same && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
 }
 
 #[cfg(test)]

@@ -87,7 +87,7 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 fn is_protected(name: &HeaderName) -> bool {
     name == header::HOST
         || name == header::CONTENT_LENGTH
-        || name == crate::policy::request_id::X_REQUEST_ID
+        || crate::config::PROTECTED_HEADERS.contains(&name.as_str())
 }
 
 /// Remove hop-by-hop headers and every header the `Connection` header names (except the

@@ -18,7 +18,7 @@ use std::time::Duration;
 use prometheus::IntCounter;
 use tokio::sync::Notify;
 
-pub use proxy::{Forward, ForwardConfig, UpstreamBody};
+pub use proxy::{BufferedBody, Forward, ForwardConfig, UpstreamBody};
 
 use crate::balance::{key, Balancer};
 use crate::clock;
@@ -355,6 +355,7 @@ mod tests {
             circuit_breaker: None,
             max_in_flight: None,
             max_pending: None,
+            max_idle_per_target: 64,
         };
         extra(&mut cfg);
         Arc::new(UpstreamRt::build(&cfg, &Metrics::new()))

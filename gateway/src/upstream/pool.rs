@@ -18,8 +18,6 @@ use tokio::time::Instant;
 
 use crate::body::ReqBody;
 
-/// Idle connections kept per endpoint.
-const MAX_IDLE: usize = 256;
 /// An idle connection older than this is closed rather than reused: upstream servers close
 /// idle keep-alive connections after 60-75 s (nginx 75 s, Node 5 s by default), and reusing one
 /// they are closing costs a failed send.
@@ -34,29 +32,33 @@ struct Idle {
 
 pub struct Pool {
     addr: SocketAddr,
-    idle: ArrayQueue<Idle>,
+    /// `None` when `max_idle_per_target = 0`: every connection closes after its response.
+    idle: Option<ArrayQueue<Idle>>,
 }
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
             .field("addr", &self.addr)
-            .field("idle", &self.idle.len())
+            .field("idle", &self.idle_count())
             .finish()
     }
 }
 
 impl Pool {
-    pub fn new(addr: SocketAddr) -> Self {
+    /// `max_idle`: idle connections kept (`max_idle_per_target`); more are closed when they
+    /// come back, so a burst's connections do not all stay open.
+    pub fn new(addr: SocketAddr, max_idle: usize) -> Self {
         Self {
             addr,
-            idle: ArrayQueue::new(MAX_IDLE),
+            idle: (max_idle > 0).then(|| ArrayQueue::new(max_idle)),
         }
     }
 
     /// An idle connection that is still open and fresh, if any.
     pub fn take_idle(&self) -> Option<Sender> {
-        while let Some(idle) = self.idle.pop() {
+        let idle = self.idle.as_ref()?;
+        while let Some(idle) = idle.pop() {
             if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
                 return Some(idle.sender);
             }
@@ -66,9 +68,9 @@ impl Pool {
 
     /// Hand a connection back after its response ended.
     pub fn put_back(&self, sender: Sender) {
-        if !sender.is_closed() {
+        if let (false, Some(idle)) = (sender.is_closed(), &self.idle) {
             // A full pool drops (closes) the connection.
-            let _ = self.idle.push(Idle {
+            let _ = idle.push(Idle {
                 sender,
                 since: Instant::now(),
             });
@@ -77,17 +79,18 @@ impl Pool {
 
     /// Close idle connections that are closed or too old; keep the others in order.
     pub fn reap(&self) {
-        for _ in 0..self.idle.len() {
-            let Some(idle) = self.idle.pop() else { break };
+        let Some(queue) = &self.idle else { return };
+        for _ in 0..queue.len() {
+            let Some(idle) = queue.pop() else { break };
             if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
-                let _ = self.idle.push(idle);
+                let _ = queue.push(idle);
             }
         }
     }
 
     /// Idle connections now.
     pub fn idle_count(&self) -> usize {
-        self.idle.len()
+        self.idle.as_ref().map_or(0, ArrayQueue::len)
     }
 
     /// A new connection; its I/O runs on a task of its own.

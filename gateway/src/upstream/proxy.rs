@@ -31,7 +31,10 @@ use tower::Service;
 use super::pool::Sender;
 use super::{forward, InFlightGuard, UpstreamRt};
 use crate::balance::{PickCtx, TargetSet};
-use crate::body::{caused_by, BodyProgress, BodyTooLarge, ClientBodyError, ReqBody, ResBody};
+use crate::body::{
+    caused_by, BodyProgress, BodyTimedOut, BodyTooLarge, BufferLease, ClientBodyError, ReqBody,
+    ResBody, BUFFER_WHOLE_LIMIT,
+};
 use crate::clock;
 use crate::config::{Fallback, RetryPolicy};
 use crate::edge::ConnInfo;
@@ -53,6 +56,8 @@ pub struct ForwardConfig {
     pub fallback: Option<Fallback>,
     /// WebSocket upgrades allowed, and the idle timeout of their tunnels.
     pub websocket: Option<Duration>,
+    /// `[limits] body_timeout`: a small body received whole must arrive within this.
+    pub body_timeout: Duration,
 }
 
 /// Marks a response as the route's degraded answer (for the access log).
@@ -195,6 +200,23 @@ async fn forward(
     // Extensions are ours, not the upstream's.
     parts.extensions.clear();
 
+    // A small body with a length is received whole before any upstream connection is used:
+    // a client trickling it in holds gateway memory, never an upstream connection.
+    let _request_buffer = match body.exact_len() {
+        Some(n) if n > 0 && n <= BUFFER_WHOLE_LIMIT && !body.is_end_stream() => {
+            let Some(lease) = BufferLease::try_new(n) else {
+                crate::body::count_buffer_rejected();
+                return Err(GatewayError::BufferFull);
+            };
+            match tokio::time::timeout(cfg.body_timeout, body.buffer_whole()).await {
+                Ok(Ok(())) => Some(lease),
+                Ok(Err(e)) => return Err(client_body_error(&*e)),
+                Err(_) => return Err(GatewayError::BodyTimeout),
+            }
+        }
+        _ => None,
+    };
+
     let retry = cfg
         .retry
         .as_ref()
@@ -332,6 +354,79 @@ async fn forward(
     }
 }
 
+/// What a failed client body means for the client's answer.
+fn client_body_error(e: &(dyn std::error::Error + 'static)) -> GatewayError {
+    if caused_by::<BodyTooLarge>(e) {
+        GatewayError::BodyTooLarge
+    } else if caused_by::<BodyTimedOut>(e) {
+        GatewayError::BodyTimeout
+    } else {
+        GatewayError::ClientGone
+    }
+}
+
+/// The length of a response small enough to read whole from the upstream (SPEC §8.2): a
+/// `Content-Length` of at most 64 KiB, not to HEAD, not 1xx/204/304, not a stream type.
+fn whole_response_len(parts: &http::response::Parts, head: bool) -> Option<u64> {
+    let status = parts.status.as_u16();
+    if head || status < 200 || status == 204 || status == 304 {
+        return None;
+    }
+    let n: u64 = parts
+        .headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    if n == 0 || n > BUFFER_WHOLE_LIMIT {
+        return None;
+    }
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+        let ct = ct.as_bytes();
+        let starts = |p: &[u8]| ct.len() >= p.len() && ct[..p.len()].eq_ignore_ascii_case(p);
+        if starts(b"text/event-stream") || starts(b"application/grpc") {
+            return None;
+        }
+    }
+    Some(n)
+}
+
+/// A small upstream response read whole: its connection went back to the pool already.
+#[derive(Debug)]
+pub struct BufferedBody {
+    data: Option<Bytes>,
+    endpoint: Arc<Endpoint>,
+    _lease: BufferLease,
+}
+
+impl BufferedBody {
+    /// The endpoint (`target` label) that answered.
+    pub fn target(&self) -> &str {
+        &self.endpoint.id
+    }
+}
+
+impl Body for BufferedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Poll::Ready(self.data.take().map(|d| Ok(Frame::data(d))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
+
 /// Hand the upstream-level in-flight slot to the response body, so it is held until the
 /// response is done.
 fn finish(
@@ -425,6 +520,7 @@ async fn send(
             continue;
         }
         let in_flight = InFlight::new(ep.clone());
+        let head = req.method() == Method::HEAD;
         let attempt = Instant::now();
         let sending = sender.try_send_request(req);
         tokio::pin!(sending);
@@ -468,6 +564,28 @@ async fn send(
                     ended: false,
                     upstream_slot: None,
                 };
+                if let Some(lease) = whole_response_len(&parts, head).and_then(BufferLease::try_new)
+                {
+                    // Read whole now, so the upstream connection is released whatever the
+                    // client does (a client that never reads cannot pin it).
+                    use http_body_util::BodyExt;
+                    let read = tokio::time::timeout(timing.timeout, body.collect()).await;
+                    return match read {
+                        Ok(Ok(c)) => Attempt::Done(Ok(Response::from_parts(
+                            parts,
+                            ResBody::Buffered(BufferedBody {
+                                data: Some(c.to_bytes()),
+                                endpoint: ep.clone(),
+                                _lease: lease,
+                            }),
+                        ))),
+                        Ok(Err(e)) => Attempt::Done(Err(GatewayError::Upstream(e))),
+                        Err(_) => {
+                            ep.metrics.timeout.inc();
+                            Attempt::Done(Err(GatewayError::UpstreamTimeout))
+                        }
+                    };
+                }
                 Attempt::Done(Ok(Response::from_parts(parts, ResBody::Upstream(body))))
             }
             Some(Err(mut e)) => {
@@ -485,6 +603,9 @@ async fn send(
                 let err = e.into_error();
                 if caused_by::<BodyTooLarge>(&err) {
                     return Attempt::Done(Err(GatewayError::BodyTooLarge));
+                }
+                if caused_by::<BodyTimedOut>(&err) {
+                    return Attempt::Done(Err(GatewayError::BodyTimeout));
                 }
                 if caused_by::<ClientBodyError>(&err) {
                     return Attempt::Done(Err(GatewayError::ClientGone));

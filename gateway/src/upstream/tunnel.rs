@@ -1,4 +1,4 @@
-//! WebSocket (and other HTTP/1.1 `Upgrade`) tunnels, on routes with `websocket = true`.
+//! WebSocket tunnels, on routes with `websocket = true` (no other `Upgrade` is tunnelled).
 //!
 //! The upgrade request goes to a target the balancer picks, on a connection of its own (never
 //! pooled), with `Connection: upgrade` and `Upgrade` kept. If the upstream answers 101, both
@@ -29,9 +29,20 @@ use crate::policy::observe::ClientIp;
 use crate::route::rewrite::OriginalPath;
 
 /// An HTTP/1.1 request asking to switch protocols.
+/// Only WebSocket is tunnelled (SPEC §8.2): any other `Upgrade` (h2c included) is removed
+/// with the hop-by-hop headers and the request forwarded as a plain one.
 pub fn is_upgrade(parts: &http::request::Parts) -> bool {
     parts.version == http::Version::HTTP_11
-        && parts.headers.contains_key(UPGRADE)
+        && parts.headers.get_all(UPGRADE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',').any(|p| {
+                    p.trim()
+                        .split('/')
+                        .next()
+                        .is_some_and(|p| p.eq_ignore_ascii_case("websocket"))
+                })
+            })
+        })
         && parts
             .headers
             .get_all(CONNECTION)
@@ -84,6 +95,10 @@ pub async fn forward(
         ));
     };
 
+    // A tunnel is a request in flight for as long as it lives (`max_in_flight`).
+    let Some(slot) = up.enter() else {
+        return Err(GatewayError::Overloaded);
+    };
     let load = |i: usize| up.shards[i].serving().map_or(0, |e| e.in_flight());
     let pick = {
         let ctx = PickCtx { hash, load: &load };
@@ -150,6 +165,9 @@ pub async fn forward(
     let state = conn.as_ref().and_then(|c| c.state.clone());
     let endpoint = ep.clone();
     tokio::spawn(async move {
+        let _slot = slot;
+        // Whatever happens below, the client connection learns that its tunnel ended.
+        let _ended = TunnelEnded(state.clone());
         let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok(pair) => pair,
             Err(e) => {
@@ -186,4 +204,15 @@ pub async fn forward(
         endpoint.metrics.in_flight.dec();
     });
     Ok(Response::from_parts(head, ResBody::empty()))
+}
+
+/// Tells the client connection its tunnel ended, when dropped.
+struct TunnelEnded(Option<Arc<crate::edge::io::ConnState>>);
+
+impl Drop for TunnelEnded {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            s.tunnel_ended();
+        }
+    }
 }

@@ -19,10 +19,11 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderMap, Request};
 use http_body_util::BodyExt;
+use hyper::body::Body as _;
 use prometheus::IntCounter;
 use tower::{Layer, Service};
 
-use crate::body::{caused_by, BodyTooLarge, ClientBodyError, ReqBody};
+use crate::body::{caused_by, BodyTimedOut, BodyTooLarge, BufferLease, ClientBodyError, ReqBody};
 use crate::config::{CheckMode, IntegrityPolicy};
 use crate::edge::ConnInfo;
 use crate::error::GatewayError;
@@ -67,6 +68,48 @@ impl IntegrityRt {
 
     /// Run every check the policy asks for on a request and its whole body.
     pub fn check(&self, parts: &Parts, body: &[u8], https: bool) -> Result<(), &'static str> {
+        self.check_with(parts, body, https, None)
+    }
+
+    /// The checks that need no body, when the signature is required: run before the body is
+    /// read, so an unsigned request is refused without being buffered (SPEC §8.2). `None`
+    /// when the policy does not require a signature; else whether it covers
+    /// `content-digest`.
+    pub fn check_head(
+        &self,
+        parts: &Parts,
+        has_body: bool,
+        https: bool,
+    ) -> Option<Result<bool, &'static str>> {
+        if self.policy.signature != CheckMode::Required {
+            return None;
+        }
+        // What the head alone shows comes first, in the order `check` uses.
+        let digest_present = parts.headers.contains_key(CONTENT_DIGEST);
+        if self.policy.content_digest == CheckMode::Required && has_body && !digest_present {
+            return Some(Err("digest_missing"));
+        }
+        if self.policy.content_digest != CheckMode::Off && digest_present {
+            if let Err(e) = check_digest_header(&parts.headers) {
+                return Some(Err(e));
+            }
+        }
+        let signed =
+            parts.headers.contains_key(SIGNATURE_INPUT) || parts.headers.contains_key(SIGNATURE);
+        if !signed {
+            return Some(Err("signature_missing"));
+        }
+        Some(self.check_signature(parts, has_body, https, now()))
+    }
+
+    /// `check`, with the signature already verified by `check_head` when `verified` is set.
+    fn check_with(
+        &self,
+        parts: &Parts,
+        body: &[u8],
+        https: bool,
+        verified: Option<bool>,
+    ) -> Result<(), &'static str> {
         let has_body = !body.is_empty();
         let p = &self.policy;
         if p.json
@@ -86,10 +129,11 @@ impl IntegrityRt {
         }
         let signed =
             parts.headers.contains_key(SIGNATURE_INPUT) || parts.headers.contains_key(SIGNATURE);
-        let covers_digest = match p.signature {
-            CheckMode::Off => false,
-            CheckMode::IfPresent if !signed => false,
-            _ => {
+        let covers_digest = match (verified, p.signature) {
+            (Some(covers), _) => covers,
+            (None, CheckMode::Off) => false,
+            (None, CheckMode::IfPresent) if !signed => false,
+            (None, _) => {
                 if !signed {
                     return Err("signature_missing");
                 }
@@ -252,6 +296,25 @@ fn header_text(headers: &HeaderMap, name: &header::HeaderName) -> String {
 }
 
 /// RFC 9530: every supported digest given must match the body; at least one must be given.
+/// What `check_digest` can tell from the header alone: malformed, or no algorithm we know.
+pub fn check_digest_header(headers: &HeaderMap) -> Result<(), &'static str> {
+    let members =
+        sf::dictionary(&header_text(headers, &CONTENT_DIGEST)).map_err(|_| "digest_malformed")?;
+    let mut known = 0;
+    for m in &members {
+        if !matches!(&m.value, Value::Item(Bare::Bytes(_))) {
+            return Err("digest_malformed");
+        }
+        if matches!(m.key.as_str(), "sha-256" | "sha-512") {
+            known += 1;
+        }
+    }
+    if known == 0 {
+        return Err("digest_unsupported");
+    }
+    Ok(())
+}
+
 pub fn check_digest(headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
     let members =
         sf::dictionary(&header_text(headers, &CONTENT_DIGEST)).map_err(|_| "digest_malformed")?;
@@ -326,27 +389,24 @@ fn authority(parts: &Parts, https: bool) -> Option<String> {
 
 fn component(parts: &Parts, name: &str, https: bool) -> Option<String> {
     let scheme = if https { "https" } else { "http" };
-    let path = if parts.uri.path().is_empty() {
-        "/"
-    } else {
-        parts.uri.path()
+    // The path as the client sent it (it signed that), not the normalised one.
+    let (path, query) = match parts.extensions.get::<crate::path::RawTarget>() {
+        Some(raw) => (raw.0.path(), raw.0.query()),
+        None => (parts.uri.path(), parts.uri.query()),
     };
+    let path = if path.is_empty() { "/" } else { path };
     Some(match name {
         "@method" => parts.method.as_str().to_string(),
         "@authority" => authority(parts, https)?,
         "@scheme" => scheme.to_string(),
         "@path" => path.to_string(),
-        "@query" => format!("?{}", parts.uri.query().unwrap_or("")),
-        "@request-target" => match parts.uri.query() {
+        "@query" => format!("?{}", query.unwrap_or("")),
+        "@request-target" => match query {
             Some(q) => format!("{path}?{q}"),
             None => path.to_string(),
         },
         "@target-uri" => {
-            let q = parts
-                .uri
-                .query()
-                .map(|q| format!("?{q}"))
-                .unwrap_or_default();
+            let q = query.map(|q| format!("?{q}")).unwrap_or_default();
             format!("{scheme}://{}{path}{q}", authority(parts, https)?)
         }
         n if n.starts_with('@') => return None,
@@ -436,22 +496,47 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            let bytes: Bytes = match body.collect().await {
-                Ok(c) => c.to_bytes(),
-                Err(e) if caused_by::<BodyTooLarge>(e.as_ref()) => {
-                    return Err(GatewayError::BodyTooLarge)
-                }
-                Err(e) if caused_by::<ClientBodyError>(e.as_ref()) => {
-                    return Err(GatewayError::ClientGone)
-                }
-                Err(_) => return Err(GatewayError::BadRequest("unreadable request body")),
-            };
+            let (parts, mut body) = req.into_parts();
             let https = parts
                 .extensions
                 .get::<Arc<ConnInfo>>()
                 .is_some_and(|c| c.listener.https);
-            if let Err(reason) = layer.rt.check(&parts, &bytes, https) {
+            // A required signature is checked on the head: without it, no body is read.
+            let verified = match layer.rt.check_head(&parts, !body.is_end_stream(), https) {
+                None => None,
+                Some(Ok(covers)) => Some(covers),
+                Some(Err(reason)) => {
+                    layer.failures.count(reason);
+                    return Err(GatewayError::Integrity(reason));
+                }
+            };
+            // The whole body, counted against `max_buffered_bytes` as it arrives.
+            let mut lease = BufferLease::try_new(0);
+            let mut buf = bytes::BytesMut::new();
+            while let Some(frame) = body.frame().await {
+                let frame = match frame {
+                    Ok(f) => f,
+                    Err(e) if caused_by::<BodyTooLarge>(e.as_ref()) => {
+                        return Err(GatewayError::BodyTooLarge)
+                    }
+                    Err(e) if caused_by::<BodyTimedOut>(e.as_ref()) => {
+                        return Err(GatewayError::BodyTimeout)
+                    }
+                    Err(e) if caused_by::<ClientBodyError>(e.as_ref()) => {
+                        return Err(GatewayError::ClientGone)
+                    }
+                    Err(_) => return Err(GatewayError::BadRequest("unreadable request body")),
+                };
+                if let Ok(data) = frame.into_data() {
+                    if !lease.as_mut().is_some_and(|l| l.grow(data.len() as u64)) {
+                        crate::body::count_buffer_rejected();
+                        return Err(GatewayError::BufferFull);
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+            let bytes: Bytes = buf.freeze();
+            if let Err(reason) = layer.rt.check_with(&parts, &bytes, https, verified) {
                 layer.failures.count(reason);
                 return Err(GatewayError::Integrity(reason));
             }

@@ -219,11 +219,11 @@ impl JwtPolicyRt {
             if hit.generation == self.keys.load().generation {
                 let now = now_secs();
                 let leeway = self.policy.leeway.as_secs();
-                if now > hit.exp + leeway {
+                if now > hit.exp.saturating_add(leeway) {
                     self.cache.remove(&digest);
                     return Err(AuthError::Expired);
                 }
-                if hit.nbf.is_some_and(|nbf| nbf > now + leeway) {
+                if hit.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
                     return Err(AuthError::NotYetValid);
                 }
                 return Ok(hit.claims.clone());

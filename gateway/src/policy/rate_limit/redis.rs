@@ -11,13 +11,13 @@
 //! * **cached refusals**: when the bucket is empty, Redis says when the next token comes;
 //!   until then the instance refuses that key without asking again.
 //!
-//! While Redis is unreachable (connect or command errors, 250 ms timeouts) `[redis].on_error`
+//! While Redis is unreachable (connect errors, or 3 command errors or 250 ms timeouts in a row) `[redis].on_error`
 //! decides: `local` (this instance's own bucket per key: each instance admits the full limit),
 //! `allow` or `deny` (429). A background task pings Redis every 500 ms and switches back when
 //! it answers. Errors count in `gateway_rate_limit_store_errors_total{policy}`, the fallback
 //! shows in `gateway_rate_limit_store_fallback{policy}`, both transitions are logged.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,8 @@ return {n, remaining, retry, tat - now}
 ";
 
 const TIMEOUT: Duration = Duration::from_millis(250);
+/// Failed or timed-out calls in a row before the store falls back to `on_error` (SPEC §8.2).
+const FAILURES_BEFORE_FALLBACK: u32 = 3;
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 /// One Redis connection (multiplexed, reconnecting) shared by every `store = "redis"` policy.
@@ -67,6 +69,9 @@ pub struct RedisStore {
     on_error: OnError,
     /// Redis failed and has not answered a probe since.
     down: AtomicBool,
+    /// Calls failed or timed out in a row: a slow (not dead) Redis may miss one deadline
+    /// without turning shared limits off; `FAILURES_BEFORE_FALLBACK` in a row do.
+    failures: AtomicU32,
     /// Redis answered at least once (the first answer is "connected", later ones "back").
     ever_up: AtomicBool,
     /// The first verdict (up or down) was logged.
@@ -92,6 +97,7 @@ impl RedisStore {
             script: redis::Script::new(GCRA),
             on_error: cfg.on_error,
             down: AtomicBool::new(true),
+            failures: AtomicU32::new(0),
             ever_up: AtomicBool::new(false),
             announced: AtomicBool::new(false),
             gauges: Mutex::new(Vec::new()),
@@ -106,6 +112,14 @@ impl RedisStore {
         gauge.set(i64::from(self.is_down()));
         if let Ok(mut g) = self.gauges.lock() {
             g.push(gauge);
+        }
+    }
+
+    /// A call failed or timed out: down after `FAILURES_BEFORE_FALLBACK` in a row.
+    fn call_failed(&self, why: &str) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= FAILURES_BEFORE_FALLBACK {
+            self.set_down(true, why);
         }
     }
 
@@ -173,6 +187,7 @@ impl RedisStore {
         let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
         match tokio::time::timeout(TIMEOUT, call).await {
             Ok(Ok(v)) if v.len() == 4 => {
+                self.failures.store(0, Ordering::Relaxed);
                 let u = |i: usize| u64::try_from(v[i]).unwrap_or(0);
                 Ok([u(0), u(1), u(2), u(3)])
             }
@@ -209,6 +224,7 @@ async fn keep(store: Weak<RedisStore>) {
                 let cmd = redis::cmd("PING");
                 let ping = cmd.query_async::<String>(&mut conn);
                 if let Ok(Ok(_)) = tokio::time::timeout(TIMEOUT, ping).await {
+                    s.failures.store(0, Ordering::Relaxed);
                     s.set_down(false, "");
                 }
             }
@@ -388,7 +404,7 @@ impl RedisLimiter {
             }
             Err(e) => {
                 self.errors.inc();
-                self.store.set_down(true, &e);
+                self.store.call_failed(&e);
                 self.fallback(key, local)
             }
         }
