@@ -115,14 +115,16 @@ impl Runtime {
                     .with_label_values(&[l.name.as_str(), c.label.as_str()])
                     .set(c.not_after);
             }
+            let listener_metrics = metrics.listener(&l.name, l.tls.is_some());
             listeners.push(Arc::new(ListenerRt {
                 info: Arc::new(ListenerInfo {
                     name: l.name.clone(),
                     https: l.tls.is_some(),
                     redirect_https: l.redirect_https,
                     proxy_protocol: l.proxy_protocol,
+                    h2_body_timeouts: listener_metrics.h2_reset_body_timeout.clone(),
                 }),
-                metrics: metrics.listener(&l.name, l.tls.is_some()),
+                metrics: listener_metrics,
                 tls,
                 certs,
             }));

@@ -287,6 +287,11 @@ async fn resets_sent_after_the_streams_were_accepted_are_caught_too() {
         gw.lines.all().iter().any(|l| l.contains("rapid reset")),
         "the gateway's premature-reset check did not fire"
     );
+    assert_eq!(
+        gw.metric("gateway_h2_connections_closed_total{listener=\"https\",reason=\"rapid_reset\"}")
+            .await,
+        1.0
+    );
     let reached = b.state.requests();
     assert!(
         reached <= 400,

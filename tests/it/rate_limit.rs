@@ -366,3 +366,60 @@ async fn on_error_allow_and_deny_do_what_they_say() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_does_not_turn_shared_limits_off_after_one_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let redis_addr = closed_port();
+    let _redis = redis_server(redis_addr, dir.path(), &["--enable-debug-command", "local"]);
+    let b = backend("b").await;
+    let policy = "[rate_limits.limit]\nkey = \"header.x-k\"\nrate = 1000\nper = \"1s\"\nburst = 1000\nstore = \"redis\"";
+    let redis_cfg = format!("[redis]\nurl = \"redis://{redis_addr}\"\non_error = \"deny\"");
+    let gw = Gateway::start(&config(b.addr, policy, &redis_cfg));
+    let fallback = "gateway_rate_limit_store_fallback{policy=\"limit\"}";
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while gw.metric(fallback).await != 0.0 {
+        assert!(Instant::now() < deadline, "redis never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let addr = gw.addr("http");
+    let ask = |k: String| async move {
+        crate::client::send(
+            addr,
+            crate::client::request("GET", "/", &[("x-k", &k)], bytes::Bytes::new()),
+        )
+        .await
+        .status
+    };
+    assert_eq!(ask("warm".into()).await, http::StatusCode::OK);
+    // Redis stalls for 600 ms (longer than the 250 ms call timeout) while one new key asks.
+    let mut slow = tokio::net::TcpStream::connect(redis_addr).await.unwrap();
+    slow.write_all(b"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n$3\r\n0.6\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let during = ask("during-the-stall".into()).await;
+    let mut reply = [0u8; 16];
+    let _ = slow.read(&mut reply).await;
+    // One timed-out call: that request had the on_error answer, the store stays on.
+    assert_eq!(
+        during,
+        http::StatusCode::TOO_MANY_REQUESTS,
+        "on_error = deny for the timed-out call"
+    );
+    assert_eq!(
+        gw.metric(fallback).await,
+        0.0,
+        "one slow call turned shared limits off"
+    );
+    assert_eq!(
+        gw.metric("gateway_rate_limit_store_errors_total{policy=\"limit\"}")
+            .await,
+        1.0
+    );
+    for k in 0..20 {
+        assert_eq!(ask(format!("after-{k}")).await, http::StatusCode::OK);
+    }
+    assert!(!gw.lines.all().iter().any(|l| l.contains("unreachable")));
+}

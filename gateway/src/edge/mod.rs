@@ -66,6 +66,8 @@ pub struct ListenerInfo {
     pub https: bool,
     pub redirect_https: Option<u16>,
     pub proxy_protocol: bool,
+    /// `gateway_h2_streams_reset_total{reason="body_timeout"}` of this listener.
+    pub h2_body_timeouts: prometheus::IntCounter,
 }
 
 /// State of the process that outlives config generations.

@@ -160,6 +160,11 @@ where
             Ok(res) => res,
             Err(err) => {
                 ctx.reason = Some(err.reason());
+                if let (GatewayError::BodyTimeout, Some(c)) = (&err, ctx.conn.as_deref()) {
+                    if c.h2 {
+                        c.listener.h2_body_timeouts.inc();
+                    }
+                }
                 if matches!(err, GatewayError::Connect(_) | GatewayError::Upstream(_)) {
                     tracing::warn!(request_id = %DisplayHeader(&ctx.id), route = %ctx.obs.name, error = %err, "upstream failure");
                 }
