@@ -18,7 +18,7 @@ use tokio::time::{Instant, Sleep};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use crate::edge::io::ConnState;
+use crate::ctx::ConnState;
 use crate::upstream::UpstreamBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -38,9 +38,9 @@ pub fn run(path: Option<PathBuf>) -> Result<(), String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async move {
         let backends = start_backends(&config).await?;
-        let bound = crate::edge::bind(&config)?;
+        let bound = crate::server::bind(&config)?;
         print_banner(&config, &bound, backends.len(), token.as_deref());
-        let result = crate::edge::serve(config, bound, backends::shutdown_signal()).await;
+        let result = crate::server::serve(config, bound, backends::shutdown_signal()).await;
         for b in backends {
             b.shutdown().await;
         }
@@ -93,7 +93,12 @@ fn demo_token() -> Option<String> {
     crate::token::mint(&spec, secret.as_bytes()).ok()
 }
 
-fn print_banner(config: &Config, bound: &crate::edge::Bound, backends: usize, token: Option<&str>) {
+fn print_banner(
+    config: &Config,
+    bound: &crate::server::Bound,
+    backends: usize,
+    token: Option<&str>,
+) {
     let mut out = String::new();
     out.push_str(&format!(
         "\ngateway demo: {backends} sample backends and the gateway are up ({})\n\n",

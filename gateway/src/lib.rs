@@ -14,7 +14,13 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::panic))]
 
+pub mod client_addr;
 pub mod config;
+pub mod ctx;
+pub mod jwks;
+pub mod key;
+pub mod path;
+pub mod tls;
 
 pub mod balance;
 pub mod edge;
@@ -29,11 +35,9 @@ pub mod clock;
 pub mod demo;
 pub mod error;
 pub mod events;
-pub mod explain;
 pub mod metrics;
-pub mod path;
 pub mod runtime;
+pub mod server;
 pub mod stack;
-pub mod status;
 pub mod telemetry;
 pub mod token;

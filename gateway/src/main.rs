@@ -100,7 +100,7 @@ fn diff(paths: &[PathBuf], json: bool) -> ExitCode {
             }
         }
     }
-    let d = config::diff::diff(&loaded[0], &loaded[1]);
+    let d = gateway::server::diff::diff(&loaded[0], &loaded[1]);
     if json {
         println!("{}", d.to_json());
     } else {
@@ -176,8 +176,8 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     let result = rt.block_on(async {
-        let bound = gateway::edge::bind(&config)?;
-        gateway::edge::serve(config, bound, shutdown_signal()).await
+        let bound = gateway::server::bind(&config)?;
+        gateway::server::serve(config, bound, shutdown_signal()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -251,7 +251,7 @@ fn install_crypto_provider() {
     gateway::edge::tls::install_default_providers();
 }
 
-/// Resolves on SIGTERM or SIGINT. (SIGHUP reloads the config: `edge::reload`.)
+/// Resolves on SIGTERM or SIGINT. (SIGHUP reloads the config: `server::reload`.)
 async fn shutdown_signal() {
     #[cfg(unix)]
     {

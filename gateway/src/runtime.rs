@@ -1,6 +1,6 @@
 //! One config generation made live: listeners' TLS, upstreams with their pools and balancers,
 //! route stacks and the edge stack. Built whole from a validated `Config`, then swapped in
-//! atomically (`ArcSwap` in `edge::Shared`); requests in flight keep the generation they
+//! atomically (`ArcSwap` in `server::Shared`); requests in flight keep the generation they
 //! started on.
 
 use std::collections::HashMap;
@@ -10,8 +10,8 @@ use ipnet::IpNet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ApiKeyPolicy, Config};
+use crate::ctx::ListenerInfo;
 use crate::edge::tls::{self, CertMaterial};
-use crate::edge::ListenerInfo;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::policy::api_key::ApiKeyLayer;
 use crate::policy::integrity::{IntegrityFailures, IntegrityLayer, IntegrityRt};
@@ -21,7 +21,6 @@ use crate::policy::observe::RouteObs;
 use crate::policy::rate_limit::{RateLimitLayer, RateLimiterRt};
 use crate::policy::request_id::Snowflake;
 use crate::route::table::RouteTable;
-use crate::route::Router;
 use crate::stack;
 pub use crate::stack::EdgeService;
 use crate::upstream::{ForwardConfig, UpstreamRt};
@@ -47,7 +46,7 @@ pub struct Runtime {
     pub generation: u64,
     pub config: Arc<Config>,
     pub edge: EdgeService,
-    pub router: Router,
+    pub router: crate::stack::EdgeRouter,
     pub jwt: HashMap<String, Arc<JwtPolicyRt>>,
     pub rate_limits: HashMap<String, Arc<RateLimiterRt>>,
     pub integrity: HashMap<String, Arc<IntegrityRt>>,
@@ -92,7 +91,7 @@ impl Runtime {
                         .iter()
                         .all(|c| matches!(c, crate::config::CertSource::SelfSigned))
                 });
-                (self_signed_only && format!("{old:?}") == format!("{l:?}"))
+                (self_signed_only && old == l)
                     .then(|| p.listener(&l.name).cloned())
                     .flatten()
             });
@@ -134,7 +133,7 @@ impl Runtime {
         for u in &config.upstreams {
             let old = previous.and_then(|p| p.upstream(&u.name));
             match old {
-                Some(old) if format!("{:?}", old.config) == format!("{u:?}") => {
+                Some(old) if old.config == *u => {
                     upstreams.push(old.clone());
                 }
                 _ => {
@@ -291,7 +290,7 @@ impl Runtime {
             trusted_proxies: trusted,
         }));
         let table = RouteTable::new(config.routes.iter().map(|r| r.matcher.clone()).collect());
-        let router = Router::new(
+        let router = crate::route::Router::new(
             table,
             stacks,
             fallback,

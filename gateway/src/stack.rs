@@ -24,14 +24,24 @@ use crate::policy::observe::{ObserveLayer, RouteObs};
 use crate::policy::rate_limit::RateLimitLayer;
 use crate::policy::request_id::{RequestId, RequestIdLayer, Snowflake};
 use crate::route::rewrite::RewriteLayer;
-use crate::route::{Fallback, RouteService, Router};
+use crate::route::{Fallback, Router};
+
+/// A route's whole stack, type-erased so every route fits one table.
+pub type RouteService = BoxCloneSyncService<
+    http::Request<crate::body::ReqBody>,
+    http::Response<crate::policy::observe::ObservedBody>,
+    std::convert::Infallible,
+>;
+
+/// The router of one config generation.
+pub type EdgeRouter = Router<RouteService>;
 use crate::upstream::{Forward, ForwardConfig};
 
 /// What hyper calls for every request of a config generation.
-pub type EdgeService = RequestId<Router>;
+pub type EdgeService = RequestId<EdgeRouter>;
 
 /// Request id, then routing.
-pub fn edge_stack(ids: Arc<Snowflake>, trust_request_id: bool, router: Router) -> EdgeService {
+pub fn edge_stack(ids: Arc<Snowflake>, trust_request_id: bool, router: EdgeRouter) -> EdgeService {
     ServiceBuilder::new()
         .layer(RequestIdLayer::new(ids, trust_request_id))
         .service(router)

@@ -10,6 +10,7 @@ mod balance;
 mod check;
 mod demo;
 mod deploy;
+mod docs;
 mod edge;
 mod h2_abuse;
 mod hardening;

@@ -26,22 +26,7 @@ pub fn default_table_size(targets: usize) -> usize {
     next_prime(65537.max(100 * targets))
 }
 
-pub fn is_prime(n: usize) -> bool {
-    if n < 2 {
-        return false;
-    }
-    if n % 2 == 0 {
-        return n == 2;
-    }
-    let mut d = 3;
-    while d * d <= n {
-        if n % d == 0 {
-            return false;
-        }
-        d += 2;
-    }
-    true
-}
+pub use crate::config::is_prime;
 
 fn next_prime(mut n: usize) -> usize {
     while !is_prime(n) {

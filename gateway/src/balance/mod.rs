@@ -14,7 +14,7 @@
 
 pub mod hash;
 pub mod ketama;
-pub mod key;
+pub use crate::key;
 pub mod least_request;
 pub mod maglev;
 pub mod random;
@@ -33,8 +33,7 @@ pub use weighted::{smooth_sequence, SmoothWeighted};
 
 use crate::config::{BalancerKind, Target};
 
-/// Redis Cluster's number of key slots.
-pub const SLOT_COUNT: usize = 16384;
+pub use crate::config::SLOT_COUNT;
 
 /// What a pick may look at besides the targets' indices.
 pub struct PickCtx<'a> {
@@ -80,11 +79,7 @@ pub trait Balance: Send + Sync + fmt::Debug {
     }
 }
 
-/// XXH3-64 with seed 0: the fixed, documented hash of `hash` and Maglev keys, so every
-/// replica, every restart and any other system that reads SPEC §3 maps a key the same way.
-pub fn xxh3(bytes: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(bytes)
-}
+pub use crate::key::xxh3;
 
 /// An upstream's balancer, swapped whole when it must be rebuilt.
 #[derive(Debug)]

@@ -3,7 +3,6 @@
 //!
 //! Every error names its place as `FILE:LINE:COL: message`; `gateway check` prints them all.
 
-pub mod diff;
 pub mod file;
 pub mod units;
 mod validate;
@@ -20,8 +19,7 @@ use ipnet::IpNet;
 
 pub use file::{BalancerKind, CheckMode, OnError, OnMissingKey, Store};
 
-use crate::balance::key::KeySpec;
-use crate::edge::tls::CertMaterial;
+use crate::tls::CertMaterial;
 
 /// Whether the config is loaded to be checked or to be run: an unset `*_env` variable is a
 /// warning for `check` and an error for `run`.
@@ -90,7 +88,7 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Server {
     pub node_id: u16,
     pub worker_threads: usize,
@@ -99,14 +97,14 @@ pub struct Server {
     pub drain_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
     pub listen: SocketAddr,
     /// The bearer token for `/admin/*`, read from `token_env`.
     pub token: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Listener {
     pub name: String,
     pub listen: SocketAddr,
@@ -116,7 +114,7 @@ pub struct Listener {
     pub proxy_protocol: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Tls {
     /// The first is served for unknown or absent SNI.
     pub certs: Vec<CertSource>,
@@ -135,13 +133,41 @@ pub enum CertSource {
     SelfSigned,
 }
 
+/// Same certificate source: the same files holding the same bytes (a renewed certificate at
+/// the same path is a change), or both self-signed.
+impl PartialEq for CertSource {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                Self::Files {
+                    cert: c1,
+                    key: k1,
+                    material: m1,
+                },
+                Self::Files {
+                    cert: c2,
+                    key: k2,
+                    material: m2,
+                },
+            ) => {
+                c1 == c2
+                    && k1 == k2
+                    && m1.certified.cert == m2.certified.cert
+                    && m1.key_der_hash == m2.key_der_hash
+            }
+            (Self::SelfSigned, Self::SelfSigned) => true,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsVersion {
     V1_2,
     V1_3,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub max_connections: usize,
     pub header_timeout: Duration,
@@ -180,7 +206,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     pub name: String,
     pub balancer: BalancerKind,
@@ -306,7 +332,7 @@ pub enum JwtSource {
     /// A JWKS file, read (and checked) at load, watched for changes while running.
     File {
         path: PathBuf,
-        keys: crate::policy::jwt::keys::KeySet,
+        keys: crate::jwks::KeySet,
     },
     /// A JWKS URL (https), fetched at start and refreshed in the background.
     Url(String),
@@ -394,7 +420,7 @@ pub struct Target {
     pub slots: Vec<RangeInclusive<u16>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     pub name: String,
     pub matcher: Match,
@@ -445,6 +471,20 @@ pub struct Match {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// `case_sensitive = false`: path, prefix and regex compare ASCII case-insensitively.
     pub case_insensitive: bool,
+}
+
+/// Same rule; a regex compares by its source text.
+impl PartialEq for Match {
+    fn eq(&self, other: &Self) -> bool {
+        self.host == other.host
+            && self.path == other.path
+            && self.path_prefix == other.path_prefix
+            && self.path_regex.as_ref().map(regex::Regex::as_str)
+                == other.path_regex.as_ref().map(regex::Regex::as_str)
+            && self.methods == other.methods
+            && self.headers == other.headers
+            && self.case_insensitive == other.case_insensitive
+    }
 }
 
 /// A host to match, lower-case, without port.
@@ -565,4 +605,80 @@ fn plural(n: usize) -> &'static str {
     } else {
         "s"
     }
+}
+
+/// Where a key comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeySpec {
+    /// The client address (the TCP peer, or what trusted proxies say).
+    Ip,
+    /// A request header's value.
+    Header(HeaderName),
+    /// A claim of the verified JWT.
+    Jwt(String),
+    /// A query parameter, percent-decoded.
+    Query(String),
+    /// A cookie's value.
+    Cookie(String),
+    /// The request path as received.
+    Path,
+    /// The route's name (rate limits only).
+    Route,
+}
+
+impl KeySpec {
+    /// Parse `ip`, `header.NAME`, `jwt.CLAIM`, `query.NAME`, `cookie.NAME`, `path` or `route`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let named = |prefix: &str| -> Result<Option<String>, String> {
+            match text.strip_prefix(prefix) {
+                None => Ok(None),
+                Some("") => Err(format!("key {text:?} needs a name after {prefix:?}")),
+                Some(name) => Ok(Some(name.to_string())),
+            }
+        };
+        match text {
+            "ip" => return Ok(Self::Ip),
+            "path" => return Ok(Self::Path),
+            "route" => return Ok(Self::Route),
+            _ => {}
+        }
+        if let Some(name) = named("header.")? {
+            let header = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                .map_err(|_| format!("key {text:?}: {name:?} is not a valid header name"))?;
+            return Ok(Self::Header(header));
+        }
+        if let Some(claim) = named("jwt.")? {
+            return Ok(Self::Jwt(claim));
+        }
+        if let Some(q) = named("query.")? {
+            return Ok(Self::Query(q));
+        }
+        if let Some(c) = named("cookie.")? {
+            return Ok(Self::Cookie(c));
+        }
+        Err(format!(
+            "unknown key {text:?}: use ip, header.NAME, jwt.CLAIM, query.NAME, cookie.NAME, path or route"
+        ))
+    }
+}
+
+/// Redis Cluster's slot count: `slots` balancers split `0..SLOT_COUNT` among their targets.
+pub const SLOT_COUNT: usize = 16384;
+
+/// Whether `n` is prime (Maglev table sizes must be).
+pub fn is_prime(n: usize) -> bool {
+    if n < 2 {
+        return false;
+    }
+    if n % 2 == 0 {
+        return n == 2;
+    }
+    let mut d = 3;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 2;
+    }
+    true
 }

@@ -16,12 +16,11 @@ use super::file::{self, BalancerKind, OnMissingKey, SizeValue, SlotsValue};
 use super::units::{parse_duration, parse_size};
 use super::{
     Admin, ApiKeyPolicy, BreakerPolicy, CertSource, CheckMode, Config, EncodedSlashes, Fallback,
-    HealthCheck, HostMatch, IntegrityPolicy, JwtPolicy, JwtSource, Limits, Listener, Loaded, Match,
-    Mode, OnError, OutlierPolicy, RateLimitPolicy, RedisConfig, RetryOn, RetryPolicy, Route,
-    RoutePolicies, Server, Source, Store, Target, Tls, TlsVersion, Upstream,
+    HealthCheck, HostMatch, IntegrityPolicy, JwtPolicy, JwtSource, KeySpec, Limits, Listener,
+    Loaded, Match, Mode, OnError, OutlierPolicy, RateLimitPolicy, RedisConfig, RetryOn,
+    RetryPolicy, Route, RoutePolicies, Server, Source, Store, Target, Tls, TlsVersion, Upstream,
+    SLOT_COUNT,
 };
-use crate::balance::key::KeySpec;
-use crate::balance::SLOT_COUNT;
 
 /// Which issue builds a feature whose keys already parse; named in "not supported yet" errors.
 const ISSUE_OPERATIONS: &str = "operations, issue #7";
@@ -432,7 +431,7 @@ impl Validator<'_> {
                     let cert = self.existing_file(&cf.cert, "certificate file");
                     let key = self.existing_file(&cf.key, "key file");
                     if let (Some(cert), Some(key)) = (cert, key) {
-                        match crate::edge::tls::load_files(&cert, &key) {
+                        match crate::tls::load_files(&cert, &key) {
                             Ok(material) => certs.push(CertSource::Files {
                                 cert,
                                 key,
@@ -770,7 +769,7 @@ impl Validator<'_> {
                     return None;
                 }
             };
-            match crate::policy::jwt::keys::KeySet::from_jwks(&text, 1) {
+            match crate::jwks::KeySet::from_jwks(&text, 1) {
                 Ok((keys, skipped)) => {
                     for s in skipped {
                         self.warn(
@@ -837,7 +836,7 @@ impl Validator<'_> {
                 Ok(h)
                     if h != http::header::HOST
                         && h != http::header::AUTHORIZATION
-                        && h != crate::policy::request_id::X_REQUEST_ID =>
+                        && h != crate::ctx::X_REQUEST_ID =>
                 {
                     claims_to_headers.push((claim.clone(), h));
                 }
@@ -1117,7 +1116,7 @@ impl Validator<'_> {
                 );
             } else if !(size >= targets.max(2)
                 && size <= 50_000_017
-                && crate::balance::maglev::is_prime(size as usize))
+                && super::is_prime(size as usize))
             {
                 self.error(
                     m.span(),

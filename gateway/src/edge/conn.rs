@@ -24,10 +24,10 @@ use super::io::{ConnState, EdgeIo};
 use super::proxy_protocol;
 use super::{ConnInfo, Shared};
 use crate::body::ReqBody;
+use crate::client_addr::is_trusted;
 use crate::config::Limits;
 use crate::policy::observe::ObservedBody;
 use crate::runtime::{EdgeService, ListenerRt};
-use crate::upstream::forward::is_trusted;
 
 /// After a graceful close starts (GOAWAY, or keep-alive off), an idle connection gets this
 /// long to finish before it is dropped: a peer that never acknowledges cannot hold it open.
@@ -409,6 +409,7 @@ impl hyper::service::Service<Request<Incoming>> for EdgeAdapter {
             let verdict = self
                 .state
                 .take_head_verdict()
+                .and_then(|i| super::h1::SCAN_REASONS.get(usize::from(i)).copied())
                 .map_or_else(|| super::h1::check(&parts), Err);
             if let Err(why) = verdict {
                 tracing::debug!(peer = %self.info.peer, reason = why, "refusing an ambiguous request");

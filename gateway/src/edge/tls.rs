@@ -7,139 +7,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{CertSource, Tls, TlsVersion};
-
-/// Install aws-lc-rs as the one crypto provider of the process, for rustls and for
-/// jsonwebtoken. Called once at start (`main`); later calls change nothing.
-pub fn install_default_providers() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
-}
-
-/// The one crypto provider of the process (aws-lc-rs), shared by rustls and the JWT code.
-pub fn provider() -> Arc<CryptoProvider> {
-    CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-}
-
-/// A certificate chain with its key, ready to serve, and what the edge needs to know of it.
-pub struct CertMaterial {
-    pub certified: Arc<CertifiedKey>,
-    /// Lower-case DNS names (and IP addresses) the leaf certificate is valid for.
-    pub names: Vec<String>,
-    /// The leaf's notAfter, seconds since the Unix epoch.
-    pub not_after: i64,
-    /// How operators name it in metrics: the file, or `self-signed`.
-    pub label: String,
-}
-
-impl fmt::Debug for CertMaterial {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertMaterial")
-            .field("names", &self.names)
-            .field("not_after", &self.not_after)
-            .field("label", &self.label)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Read a PEM chain and its PEM key, check that they belong together.
-pub fn load_files(cert: &Path, key: &Path) -> Result<CertMaterial, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("bad PEM in certificate {}: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!(
-            "no certificate found in {} (expected PEM \"BEGIN CERTIFICATE\")",
-            cert.display()
-        ));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
-    material(chain, key_der, cert.display().to_string())
-}
-
-/// A fresh certificate for `localhost`, `127.0.0.1` and `::1` (demos and tests).
-pub fn self_signed() -> Result<CertMaterial, String> {
-    let names = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ];
-    let generated = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| format!("cannot make a self-signed certificate: {e}"))?;
-    let key = PrivateKeyDer::Pkcs8(generated.signing_key.serialize_der().into());
-    material(
-        vec![generated.cert.der().clone()],
-        key,
-        "self-signed".to_string(),
-    )
-}
-
-fn material(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    label: String,
-) -> Result<CertMaterial, String> {
-    let (names, not_after) = inspect(&chain[0])?;
-    let certified = CertifiedKey::from_der(chain, key, &provider())
-        .map_err(|e| format!("{label}: certificate and key do not go together: {e}"))?;
-    Ok(CertMaterial {
-        certified: Arc::new(certified),
-        names,
-        not_after,
-        label,
-    })
-}
-
-/// The names a leaf certificate is valid for (SAN DNS names and IPs, else the subject CN),
-/// and its expiry.
-fn inspect(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
-    use x509_parser::extensions::GeneralName;
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
-        .map_err(|e| format!("cannot parse certificate: {e}"))?;
-    let mut names = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            match name {
-                GeneralName::DNSName(d) => names.push(d.to_ascii_lowercase()),
-                GeneralName::IPAddress(ip) => match ip.len() {
-                    4 => {
-                        let b: [u8; 4] = [ip[0], ip[1], ip[2], ip[3]];
-                        names.push(std::net::Ipv4Addr::from(b).to_string());
-                    }
-                    16 => {
-                        let mut b = [0u8; 16];
-                        b.copy_from_slice(ip);
-                        names.push(std::net::Ipv6Addr::from(b).to_string());
-                    }
-                    _ => {}
-                },
-                _ => {}
-            }
-        }
-    }
-    if names.is_empty() {
-        for cn in cert.subject().iter_common_name() {
-            if let Ok(s) = cn.as_str() {
-                names.push(s.to_ascii_lowercase());
-            }
-        }
-    }
-    Ok((names, cert.validity().not_after.timestamp()))
-}
+pub use crate::tls::{install_default_providers, load_files, provider, self_signed, CertMaterial};
 
 /// Chooses the certificate by SNI: exact name, then the `*.` wildcard one label up, then the
 /// first certificate of the listener.
@@ -239,6 +114,8 @@ pub fn server_config(tls: &Tls) -> Result<(Arc<ServerConfig>, Vec<Arc<CertMateri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::material;
+    use rustls_pki_types::PrivateKeyDer;
 
     fn cert_for(names: &[&str]) -> Arc<CertMaterial> {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();

@@ -17,10 +17,17 @@ use tokio::net::TcpStream;
 use super::{Endpoint, ProbeResult};
 use crate::clock;
 use crate::config::HealthCheck;
-use crate::upstream::UpstreamRt;
 
-/// Probe `endpoint` for as long as it (and its upstream) live.
-pub fn spawn(upstream: Weak<UpstreamRt>, endpoint: Weak<Endpoint>, policy: HealthCheck) {
+/// What the prober tells when an endpoint flips: the upstream's name (for logs and events)
+/// and a notifier (the upstream rebuilds its set of usable targets). The upstream implements
+/// it; the prober never sees the upstream itself.
+pub trait Watcher: Send + Sync {
+    fn name(&self) -> &str;
+    fn changed(&self);
+}
+
+/// Probe `endpoint` for as long as it (and its watcher) live.
+pub fn spawn(upstream: Weak<dyn Watcher>, endpoint: Weak<Endpoint>, policy: HealthCheck) {
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -62,7 +69,7 @@ pub fn spawn(upstream: Weak<UpstreamRt>, endpoint: Weak<Endpoint>, policy: Healt
             if let Some(healthy) = flip {
                 if ep.set_healthy(healthy) {
                     let up = upstream.upgrade();
-                    let name = up.as_ref().map_or("", |u| u.name.as_str());
+                    let name = up.as_ref().map_or("", |u| u.name());
                     let last = ep.last_probe();
                     let why = last.as_ref().map_or(String::new(), |p| match (&p.error, p.status) {
                         (Some(e), _) => format!(": {e}"),

@@ -9,6 +9,7 @@
 pub mod breaker;
 pub mod health;
 pub mod outlier;
+pub mod pool;
 pub mod rolling;
 
 use std::net::SocketAddr;
@@ -20,9 +21,9 @@ use arc_swap::ArcSwapOption;
 use crate::clock;
 use crate::config::Upstream;
 use crate::metrics::EndpointMetrics;
-use crate::upstream::pool::Pool;
 use breaker::{Breaker, CircuitState, Ticket};
 use outlier::Outlier;
+use pool::Pool;
 
 /// The last active health probe of an endpoint.
 #[derive(Debug, Clone)]

@@ -14,7 +14,7 @@ use http::Request;
 use ipnet::IpNet;
 use tower::{Layer, Service};
 
-use super::observe::ClientIp;
+use crate::ctx::ClientIp;
 use crate::error::GatewayError;
 
 #[derive(Clone, Debug)]
@@ -32,7 +32,7 @@ impl IpFilterLayer {
 
 /// Whether `ip` may pass (`allow` empty means everyone not denied).
 pub fn permits(allow: &[IpNet], deny: &[IpNet], ip: IpAddr) -> bool {
-    let ip = crate::upstream::forward::canonical(ip);
+    let ip = crate::client_addr::canonical(ip);
     if deny.iter().any(|n| n.contains(&ip)) {
         return false;
     }

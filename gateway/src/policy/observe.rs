@@ -19,16 +19,11 @@ use ipnet::IpNet;
 use tower::{Layer, Service};
 
 use crate::body::{ReqBody, ResBody};
-use crate::edge::ConnInfo;
+use crate::client_addr::client_ip;
+use crate::ctx::X_REQUEST_ID;
+use crate::ctx::{ClientIp, ConnInfo};
 use crate::error::GatewayError;
 use crate::metrics::RouteMetrics;
-use crate::policy::request_id::X_REQUEST_ID;
-use crate::upstream::forward::client_ip;
-
-/// The client's address as the gateway believes it (SPEC §4, trusted proxies), for the
-/// layers after this one.
-#[derive(Clone, Copy, Debug)]
-pub struct ClientIp(pub IpAddr);
 
 /// What one route observes with.
 #[derive(Debug)]
@@ -171,11 +166,7 @@ where
                 err.to_response(&ctx.id)
             }
         };
-        if res
-            .extensions()
-            .get::<crate::upstream::proxy::Degraded>()
-            .is_some()
-        {
+        if res.extensions().get::<crate::ctx::Degraded>().is_some() {
             ctx.reason = Some("fallback");
         }
         ctx.status = res.status().as_u16();

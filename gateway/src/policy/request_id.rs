@@ -16,11 +16,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
-/// `x-request-id`.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub use crate::ctx::X_REQUEST_ID;
 
 /// 2020-01-01T00:00:00Z in Unix milliseconds: the snowflake epoch.
 pub const EPOCH_MS: u64 = 1_577_836_800_000;

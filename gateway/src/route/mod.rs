@@ -9,49 +9,54 @@ pub mod rewrite;
 pub mod table;
 
 use std::borrow::Cow;
-use std::convert::Infallible;
+
 use std::future::Ready;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
-use tower::util::{BoxCloneSyncService, Oneshot};
+use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
 use crate::body::{ReqBody, ResBody};
 use crate::config::EncodedSlashes;
-use crate::edge::ConnInfo;
+use crate::ctx::ConnInfo;
 use crate::error::GatewayError;
 use crate::path;
-use crate::policy::observe::ObservedBody;
 use table::RouteTable;
 
-/// A route's whole stack, type-erased so every route fits one table.
-pub type RouteService = BoxCloneSyncService<Request<ReqBody>, Response<ObservedBody>, Infallible>;
+/// Dispatches each request to the stack of the first route that matches it. `S` is a route's
+/// whole stack, type-erased so every route fits one table (`stack::RouteService`).
+#[derive(Debug)]
+pub struct Router<S> {
+    inner: Arc<RouterInner<S>>,
+}
 
-/// Dispatches each request to the stack of the first route that matches it.
-#[derive(Clone, Debug)]
-pub struct Router {
-    inner: Arc<RouterInner>,
+impl<S> Clone for Router<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
 }
 
 #[derive(Debug)]
-struct RouterInner {
+struct RouterInner<S> {
     table: RouteTable,
-    routes: Vec<RouteService>,
-    fallback: RouteService,
+    routes: Vec<S>,
+    fallback: S,
     max_headers: usize,
     encoded_slashes: EncodedSlashes,
     /// Header names only the gateway may set (`Config::identity_headers`).
     identity: Vec<HeaderName>,
 }
 
-impl Router {
+impl<S> Router<S> {
     /// `max_headers` is checked here for HTTP/2 (hyper's HTTP/1 parser enforces it itself).
     pub fn new(
         table: RouteTable,
-        routes: Vec<RouteService>,
-        fallback: RouteService,
+        routes: Vec<S>,
+        fallback: S,
         max_headers: usize,
         encoded_slashes: EncodedSlashes,
         identity: Vec<HeaderName>,
@@ -69,7 +74,7 @@ impl Router {
     }
 }
 
-impl Router {
+impl<S> Router<S> {
     /// The route table (for `/admin/explain`).
     pub fn table(&self) -> &RouteTable {
         &self.inner.table
@@ -84,12 +89,15 @@ pub enum Refused {
     Malformed(&'static str),
 }
 
-impl Service<Request<ReqBody>> for Router {
-    type Response = Response<ObservedBody>;
-    type Error = Infallible;
-    type Future = Oneshot<RouteService, Request<ReqBody>>;
+impl<S> Service<Request<ReqBody>> for Router<S>
+where
+    S: Service<Request<ReqBody>> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Oneshot<S, Request<ReqBody>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         Poll::Ready(Ok(()))
     }
 

@@ -31,10 +31,7 @@ pub fn with_path(uri: &Uri, path: &str) -> Result<Uri, GatewayError> {
     Uri::from_parts(parts).map_err(|_| GatewayError::BadRequest("invalid request path"))
 }
 
-/// The path a request was routed on, before `strip_prefix` (kept only when a `path` hash key
-/// needs it).
-#[derive(Clone, Debug)]
-pub struct OriginalPath(pub String);
+use crate::ctx::OriginalPath;
 
 /// The route's `strip_prefix`, applied after matching.
 #[derive(Clone, Debug)]

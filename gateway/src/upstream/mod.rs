@@ -6,7 +6,7 @@
 //! `forward.rs` rewrites heads for the upstream, `pool.rs` keeps its connections.
 
 pub mod forward;
-pub mod pool;
+pub use crate::endpoint::pool;
 pub mod proxy;
 pub mod tunnel;
 
@@ -163,7 +163,19 @@ impl UpstreamRt {
     pub fn changed(&self) {
         self.changed.notify_one();
     }
+}
 
+impl health::Watcher for UpstreamRt {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn changed(&self) {
+        UpstreamRt::changed(self);
+    }
+}
+
+impl UpstreamRt {
     /// The key hash of a request for this upstream's balancer: `Ok(None)` when the balancer
     /// takes no key (or the key is missing and `on_missing_key = "random"`).
     pub fn request_hash(
@@ -305,7 +317,8 @@ pub fn spawn_background(upstream: &Arc<UpstreamRt>) {
     };
     if let Some(policy) = &upstream.config.health {
         for ep in upstream.endpoints() {
-            health::spawn(Arc::downgrade(upstream), Arc::downgrade(ep), policy.clone());
+            let watcher: std::sync::Weak<dyn health::Watcher> = Arc::downgrade(upstream) as _;
+            health::spawn(watcher, Arc::downgrade(ep), policy.clone());
         }
     }
     let weak = Arc::downgrade(upstream);

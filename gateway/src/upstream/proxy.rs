@@ -37,12 +37,12 @@ use crate::body::{
 };
 use crate::clock;
 use crate::config::{Fallback, RetryPolicy};
-use crate::edge::ConnInfo;
+use crate::ctx::ClientIp;
+use crate::ctx::OriginalPath;
+use crate::ctx::{ConnInfo, Degraded};
 use crate::endpoint::breaker::CircuitState;
 use crate::endpoint::{Endpoint, Permit};
 use crate::error::GatewayError;
-use crate::policy::observe::ClientIp;
-use crate::route::rewrite::OriginalPath;
 
 /// How one route forwards to its upstream.
 #[derive(Debug)]
@@ -59,10 +59,6 @@ pub struct ForwardConfig {
     /// `[limits] body_timeout`: a small body received whole must arrive within this.
     pub body_timeout: Duration,
 }
-
-/// Marks a response as the route's degraded answer (for the access log).
-#[derive(Clone, Copy, Debug)]
-pub struct Degraded;
 
 /// The bottom of a route stack.
 #[derive(Clone, Debug)]

@@ -23,10 +23,10 @@ use super::forward;
 use super::proxy::ForwardConfig;
 use crate::balance::PickCtx;
 use crate::body::{ReqBody, ResBody};
-use crate::edge::ConnInfo;
+use crate::ctx::ClientIp;
+use crate::ctx::ConnInfo;
+use crate::ctx::OriginalPath;
 use crate::error::GatewayError;
-use crate::policy::observe::ClientIp;
-use crate::route::rewrite::OriginalPath;
 
 /// An HTTP/1.1 request asking to switch protocols.
 /// Only WebSocket is tunnelled (SPEC §8.2): any other `Upgrade` (h2c included) is removed
@@ -207,7 +207,7 @@ pub async fn forward(
 }
 
 /// Tells the client connection its tunnel ended, when dropped.
-struct TunnelEnded(Option<Arc<crate::edge::io::ConnState>>);
+struct TunnelEnded(Option<Arc<crate::ctx::ConnState>>);
 
 impl Drop for TunnelEnded {
     fn drop(&mut self) {

@@ -25,7 +25,7 @@ use tower::{Layer, Service};
 
 use crate::body::{caused_by, BodyTimedOut, BodyTooLarge, BufferLease, ClientBodyError, ReqBody};
 use crate::config::{CheckMode, IntegrityPolicy};
-use crate::edge::ConnInfo;
+use crate::ctx::ConnInfo;
 use crate::error::GatewayError;
 use sf::{Bare, Member, Value};
 

@@ -7,7 +7,7 @@
 //! forge them; after verification they carry the claims, and the claims are kept for
 //! `jwt.CLAIM` keys.
 
-pub mod keys;
+pub use crate::jwks as keys;
 pub mod source;
 pub mod verify;
 

@@ -143,7 +143,7 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
             for cert in found.certs {
                 let _ = roots.add(cert);
             }
-            let config = rustls::ClientConfig::builder_with_provider(crate::edge::tls::provider())
+            let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
                 .with_safe_default_protocol_versions()
                 .map(|b| b.with_root_certificates(roots).with_no_client_auth())
                 .unwrap_or_else(|_| {

@@ -17,9 +17,7 @@ use tokio::sync::Notify;
 use super::keys::{KeySet, Selection};
 use crate::config::{JwtPolicy, JwtSource};
 
-/// The verified claims of a request's token, for `claims_to_headers` and `jwt.CLAIM` keys.
-#[derive(Debug, Clone)]
-pub struct Claims(pub serde_json::Map<String, serde_json::Value>);
+pub use crate::ctx::Claims;
 
 /// Why a token was refused; `reason()` labels `gateway_auth_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,12 +25,12 @@ use http::{header::HeaderName, HeaderMap, HeaderValue, Request, Response};
 use prometheus::IntCounter;
 use tower::{Layer, Service};
 
-use crate::balance::key::{self, KeySpec};
 use crate::body::{ReqBody, ResBody};
 use crate::config::{RateLimitPolicy, Store};
+use crate::ctx::ClientIp;
+use crate::ctx::OriginalPath;
 use crate::error::GatewayError;
-use crate::policy::observe::ClientIp;
-use crate::route::rewrite::OriginalPath;
+use crate::key::{self, xxh3, KeySpec};
 use local::LocalLimiter;
 use redis::RedisLimiter;
 
@@ -247,7 +247,7 @@ impl RateLimitLayer {
             .rate_limited_total
             .with_label_values(&[route, &limiter.name]);
         Self {
-            route_key: crate::balance::xxh3(route.as_bytes()),
+            route_key: xxh3(route.as_bytes()),
             limiter,
             limited,
         }
@@ -280,7 +280,7 @@ fn key_hash(spec: &KeySpec, route_key: u64, parts: &http::request::Parts) -> u64
         .extensions
         .get::<OriginalPath>()
         .map_or(parts.uri.path(), |p| p.0.as_str());
-    key::extract(spec, parts, client, path).map_or(MISSING_KEY, |k| crate::balance::xxh3(&k))
+    key::extract(spec, parts, client, path).map_or(MISSING_KEY, |k| xxh3(&k))
 }
 
 type BoxResponse = Pin<Box<dyn Future<Output = Result<Response<ResBody>, GatewayError>> + Send>>;

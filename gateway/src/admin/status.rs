@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use prometheus::core::Collector;
 use serde_json::{json, Value};
 
-use crate::edge::Shared;
 use crate::metrics::{Metrics, BUCKETS};
+use crate::server::Shared;
 
 /// Readings closer together than this are merged (several viewers polling at once).
 const MIN_SPACING: Duration = Duration::from_millis(900);
@@ -431,49 +431,15 @@ fn build(shared: &Shared, ring: &VecDeque<Reading>) -> Value {
                 .sum();
             let endpoint = |e: &crate::endpoint::Endpoint, role: &str| {
                 let (attempts, failures) = rate(&e.id);
-                let probe = e.last_probe().map(|p| {
-                    json!({
-                        "at": crate::clock::rfc3339(p.at_ms),
-                        "ago_s": r2(now_ms.saturating_sub(p.at_ms) as f64 / 1000.0),
-                        "ok": p.ok,
-                        "status": p.status,
-                        "error": p.error,
-                        "duration_ms": p.duration_ms,
-                    })
-                });
-                let ejected_until = e
-                    .outlier
-                    .as_ref()
-                    .and_then(|o| o.ejected_until(now_ms));
-                let healthy = e.is_healthy();
-                let circuit = e.circuit().as_str();
-                let state = if !healthy {
-                    "down"
-                } else if ejected_until.is_some() {
-                    "ejected"
-                } else if circuit == "open" {
-                    "open"
-                } else if !e.is_up() {
-                    "down"
-                } else {
-                    "up"
-                };
-                json!({
-                    "id": e.id,
-                    "addr": e.addr.to_string(),
-                    "role": role,
-                    "state": state,
-                    "up": e.is_up(),
-                    "healthy": healthy,
-                    "circuit": circuit,
-                    "in_flight": e.in_flight(),
-                    "ejected_until": ejected_until.map(crate::clock::rfc3339),
-                    "ejections": e.outlier.as_ref().map_or(0, |o| o.ejections()),
-                    "last_probe": probe,
-                    "requests_per_s": r2(attempts),
-                    "failures_per_s": r2(failures),
-                    "traffic_share_pct": if total > 0.0 { r2(attempts * 100.0 / total) } else { 0.0 },
-                })
+                let mut m = super::endpoint_state(e, now_ms);
+                m.insert("role".into(), json!(role));
+                m.insert("requests_per_s".into(), json!(r2(attempts)));
+                m.insert("failures_per_s".into(), json!(r2(failures)));
+                m.insert(
+                    "traffic_share_pct".into(),
+                    json!(if total > 0.0 { r2(attempts * 100.0 / total) } else { 0.0 }),
+                );
+                Value::Object(m)
             };
             let shards: Vec<Value> = u
                 .shards

@@ -21,8 +21,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use super::diff;
 use super::Shared;
-use crate::config::{self, diff, Mode};
+use crate::config::{self, Mode};
 use crate::runtime::Runtime;
 
 /// A listener's accept loop, as the reloader sees it.

@@ -1,67 +1,21 @@
-//! Hash and rate-limit keys (SPEC §3 "Keys"): which part of a request a balancer or a
-//! limiter reads. The key is the value's bytes as received: no trimming, no case folding.
+//! Hash and rate-limit keys (SPEC §3 "Keys"): which part of a request a balancer (4) or a
+//! rate limit (3) reads. Neutral, so both tiers use it without importing each other. The key is the value's bytes as received: no trimming, no case folding.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
+use http::header;
 use http::request::Parts;
-use http::{header, HeaderName};
 use percent_encoding::percent_decode;
 
-/// Where a key comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum KeySpec {
-    /// The client address (the TCP peer, or what trusted proxies say).
-    Ip,
-    /// A request header's value.
-    Header(HeaderName),
-    /// A claim of the verified JWT.
-    Jwt(String),
-    /// A query parameter, percent-decoded.
-    Query(String),
-    /// A cookie's value.
-    Cookie(String),
-    /// The request path as received.
-    Path,
-    /// The route's name (rate limits only).
-    Route,
-}
+pub use crate::config::KeySpec;
 
-impl KeySpec {
-    /// Parse `ip`, `header.NAME`, `jwt.CLAIM`, `query.NAME`, `cookie.NAME`, `path` or `route`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let named = |prefix: &str| -> Result<Option<String>, String> {
-            match text.strip_prefix(prefix) {
-                None => Ok(None),
-                Some("") => Err(format!("key {text:?} needs a name after {prefix:?}")),
-                Some(name) => Ok(Some(name.to_string())),
-            }
-        };
-        match text {
-            "ip" => return Ok(Self::Ip),
-            "path" => return Ok(Self::Path),
-            "route" => return Ok(Self::Route),
-            _ => {}
-        }
-        if let Some(name) = named("header.")? {
-            let header = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-                .map_err(|_| format!("key {text:?}: {name:?} is not a valid header name"))?;
-            return Ok(Self::Header(header));
-        }
-        if let Some(claim) = named("jwt.")? {
-            return Ok(Self::Jwt(claim));
-        }
-        if let Some(q) = named("query.")? {
-            return Ok(Self::Query(q));
-        }
-        if let Some(c) = named("cookie.")? {
-            return Ok(Self::Cookie(c));
-        }
-        Err(format!(
-            "unknown key {text:?}: use ip, header.NAME, jwt.CLAIM, query.NAME, cookie.NAME, path or route"
-        ))
-    }
+/// XXH3-64 with seed 0: the fixed, documented hash of `hash` and Maglev keys (and of rate-limit
+/// buckets), so every replica, every restart and any other system that reads SPEC §3 maps a
+/// key the same way.
+pub fn xxh3(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
 }
 
 /// The key's bytes in a request, or `None` when the request has none. `client` is the client
@@ -81,7 +35,7 @@ pub fn extract<'a>(
         KeySpec::Jwt(claim) => {
             let claims = parts
                 .extensions
-                .get::<std::sync::Arc<crate::policy::jwt::Claims>>()?;
+                .get::<std::sync::Arc<crate::ctx::Claims>>()?;
             match claims.0.get(claim)? {
                 serde_json::Value::String(s) => Some(Cow::Borrowed(s.as_bytes())),
                 serde_json::Value::Null => None,

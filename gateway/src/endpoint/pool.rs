@@ -1,4 +1,5 @@
-//! The keep-alive connection pool of one endpoint, on `hyper::client::conn::http1`.
+//! (5) The keep-alive connection pool of one endpoint, on `hyper::client::conn::http1`; the
+//! upstream tier (6) takes connections from it and gives them back.
 //!
 //! Our own rather than hyper-util's legacy client: a connect error must leave the request
 //! untouched so it can move on to the balancer's next choice (the legacy client consumes the

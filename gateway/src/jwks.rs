@@ -1,3 +1,6 @@
+//! Key material (neutral, like `tls.rs`): a JWT policy's key set, loaded by `config` and by the
+//! JWKS fetcher, used by `policy/jwt`.
+//!
 //! A JWT policy's key set and how a token's key is chosen (SPEC §4): by `kid`; a key is used
 //! only with algorithms of its own type (its `kty`, its curve, and its `alg` when the JWK
 //! names one), so an RSA public key can never verify an HS256 token; `oct` keys serve HS*; a

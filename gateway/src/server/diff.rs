@@ -4,7 +4,7 @@
 //! returned by `POST /admin/reload?dry_run=true`.
 
 use std::collections::BTreeMap;
-use std::fmt::{Debug, Write};
+use std::fmt::Write;
 
 use serde_json::{json, Value};
 
@@ -30,18 +30,15 @@ pub struct ConfigDiff {
     pub needs_restart: Vec<String>,
 }
 
-fn debug_eq<T: Debug>(a: &T, b: &T) -> bool {
-    format!("{a:?}") == format!("{b:?}")
-}
-
-/// Compare two named collections by their `Debug` form (config structs without secrets).
-fn compare<'a, T: Debug + 'a>(
+/// Compare two named collections of config values (equal values, and the same bytes in the
+/// files they name: see `CertSource`'s and `JwtSource`'s `PartialEq`).
+fn compare<'a, T: PartialEq + 'a>(
     kind: &'static str,
     old: impl IntoIterator<Item = (&'a str, &'a T)>,
     new: impl IntoIterator<Item = (&'a str, &'a T)>,
     out: &mut Vec<Change>,
 ) {
-    compare_by(kind, old, new, debug_eq, out);
+    compare_by(kind, old, new, PartialEq::eq, out);
 }
 
 /// Compare two named collections with `eq`.
@@ -160,14 +157,14 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         }),
         _ => {}
     }
-    if !debug_eq(&old.limits, &new.limits) {
+    if old.limits != new.limits {
         c.push(Change {
             kind: "limits",
             name: "limits".into(),
             what: "changed",
         });
     }
-    if !debug_eq(&old.server, &new.server) {
+    if old.server != new.server {
         c.push(Change {
             kind: "server",
             name: "server".into(),

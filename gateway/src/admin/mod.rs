@@ -11,10 +11,13 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::edge::Shared;
+use crate::server::Shared;
+
+pub mod explain;
+pub mod status;
 
 /// Admin connections open at once; more are closed at accept (SPEC §8.2).
 pub const MAX_ADMIN_CONNECTIONS: usize = 64;
@@ -137,9 +140,9 @@ async fn reload(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<B
             }
         }
     };
-    let report = crate::edge::reload::reload_from(
+    let report = crate::server::reload::reload_from(
         shared,
-        crate::edge::reload::Trigger::Admin,
+        crate::server::reload::Trigger::Admin,
         dry_run,
         candidate,
     )
@@ -229,13 +232,64 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         (&Method::GET, "/admin/upstreams") => json_response(StatusCode::OK, &upstreams(shared)),
         (&Method::GET, "/admin/explain") => {
             let rt = shared.runtime.load();
-            match crate::explain::explain(&rt, req.uri().query()) {
+            match crate::admin::explain::explain(&rt, req.uri().query()) {
                 Ok(v) => json_response(StatusCode::OK, &v),
                 Err(e) => json_response(StatusCode::BAD_REQUEST, &json!({ "error": e })),
             }
         }
         _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
     }
+}
+
+/// One endpoint's state as the admin API and the status page show it: the one serialiser for
+/// both (`/admin/upstreams`, `/admin/status`).
+pub fn endpoint_state(
+    e: &crate::endpoint::Endpoint,
+    now_ms: u64,
+) -> serde_json::Map<String, Value> {
+    let probe = e.last_probe().map(|p| {
+        json!({
+            "at": crate::clock::rfc3339(p.at_ms),
+            "ago_s": (now_ms.saturating_sub(p.at_ms) as f64 / 10.0).round() / 100.0,
+            "ok": p.ok,
+            "status": p.status,
+            "error": p.error,
+            "duration_ms": p.duration_ms,
+        })
+    });
+    let ejected_until = e.outlier.as_ref().and_then(|o| o.ejected_until(now_ms));
+    let healthy = e.is_healthy();
+    let circuit = e.circuit();
+    let state = if !healthy {
+        "down"
+    } else if ejected_until.is_some() {
+        "ejected"
+    } else if circuit == crate::endpoint::breaker::CircuitState::Open {
+        "open"
+    } else if !e.is_up() {
+        "down"
+    } else {
+        "up"
+    };
+    let mut m = serde_json::Map::new();
+    m.insert("id".into(), json!(e.id));
+    m.insert("addr".into(), json!(e.addr.to_string()));
+    m.insert("state".into(), json!(state));
+    m.insert("up".into(), json!(e.is_up()));
+    m.insert("healthy".into(), json!(healthy));
+    m.insert("circuit".into(), json!(circuit.as_str()));
+    m.insert("in_flight".into(), json!(e.in_flight()));
+    m.insert(
+        "ejected_until".into(),
+        json!(ejected_until.map(crate::clock::rfc3339)),
+    );
+    m.insert(
+        "ejections".into(),
+        json!(e.outlier.as_ref().map_or(0, |o| o.ejections())),
+    );
+    m.insert("last_probe".into(), probe.unwrap_or(Value::Null));
+    m.insert("idle_connections".into(), json!(e.pool.idle_count()));
+    m
 }
 
 /// `GET /admin/upstreams`: each upstream, each target and backup, as the gateway sees them.
@@ -249,30 +303,9 @@ pub fn upstreams(shared: &Shared) -> serde_json::Value {
                 .shards
                 .iter()
                 .map(|s| {
-                    let endpoint = |e: &crate::endpoint::Endpoint| {
-                        let now = crate::clock::now_ms();
-                        let probe = e.last_probe().map(|p| {
-                            json!({
-                                "at": crate::clock::rfc3339(p.at_ms),
-                                "ok": p.ok,
-                                "status": p.status,
-                                "error": p.error,
-                                "duration_ms": p.duration_ms,
-                            })
-                        });
-                        json!({
-                            "id": e.id,
-                            "addr": e.addr.to_string(),
-                            "up": e.is_up(),
-                            "healthy": e.is_healthy(),
-                            "last_probe": probe,
-                            "circuit": e.circuit().as_str(),
-                            "in_flight": e.in_flight(),
-                            "ejected_until": e.outlier.as_ref().and_then(|o| o.ejected_until(now)).map(crate::clock::rfc3339),
-                            "ejections": e.outlier.as_ref().map_or(0, |o| o.ejections()),
-                            "idle_connections": e.pool.idle_count(),
-                        })
-                    };
+                    let now = crate::clock::now_ms();
+                    let endpoint =
+                        |e: &crate::endpoint::Endpoint| Value::Object(endpoint_state(e, now));
                     let mut t = endpoint(&s.endpoints[0]);
                     t["weight"] = json!(s.weight);
                     t["shard_up"] = json!(s.is_up());
