@@ -2,42 +2,60 @@
 //!
 //! ```text
 //! client ─TLS/h2, h1─▶ (1) edge ──▶ request id ──▶ (2) route ──▶ (3) policies ──▶ (4) balance
-//!                      listeners     snowflake      match,        observe, body     pick a shard
-//!                      TLS + ALPN                   rewrite       limit, ...            │
-//!                      limits, drain                                                     ▼
+//!                      listeners     snowflake      one path,     observe, IP lists, pick a shard
+//!                      TLS + ALPN                   match,        body limit, JWT,      │
+//!                      limits, drain                rewrite       keys, integrity, RL   ▼
 //!                                              (6) upstream ◀── (5) endpoint: primary, else
-//!                                              pooled client      first up backup
+//!                                              pooled client      first up backup; health,
+//!                                                                 outlier, breaker, pool
 //! ```
 //!
-//! Modules are listed in request order; `stack.rs` assembles the same order as tower layers.
-//! `runtime.rs` holds one config generation; `admin.rs`, `metrics.rs`, `status.rs` and `events.rs` watch it all.
+//! The request-path tiers are declared in request order; each imports only earlier tiers and
+//! the neutral modules above them (`../shared/tools/layers` checks it). `stack.rs` assembles the
+//! same order as tower layers. `runtime.rs` holds one config generation; `server/` is the process
+//! around it (serve, drain, reload, hand-over); `admin/`, `metrics.rs` and `events.rs` watch it all.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::panic))]
 
-pub mod client_addr;
+// Neutral: data and what travels with a request. Every tier may use these.
 pub mod config;
-pub mod ctx;
-pub mod jwks;
-pub mod key;
+// What a request carries between tiers (connection, client address, claims, paths).
+pub(crate) mod ctx;
+// The client address (peer, PROXY header, trusted X-Forwarded-For).
+pub(crate) mod client_addr;
+// The one normalised path.
 pub mod path;
-pub mod tls;
-
-pub mod balance;
-pub mod edge;
-pub mod endpoint;
-pub mod policy;
-pub mod route;
-pub mod upstream;
-
-pub mod admin;
-pub mod body;
-pub mod clock;
-pub mod demo;
-pub mod error;
-pub mod events;
+// Hash and rate-limit keys.
+pub mod key;
+// TLS and key material.
+pub(crate) mod tls;
+// JWT key sets.
+pub mod jwks;
+// Bodies, errors, time, events, metrics.
+pub(crate) mod body;
+pub(crate) mod clock;
+pub(crate) mod error;
+pub(crate) mod events;
 pub mod metrics;
-pub mod runtime;
+
+// (1) bytes to requests.
+pub mod edge;
+// (2) which route.
+pub mod route;
+// (3) the route's policies.
+pub mod policy;
+// (4) which target.
+pub mod balance;
+// (5) is it usable.
+pub(crate) mod endpoint;
+// (6) talk to it.
+pub(crate) mod upstream;
+
+// The assembly and the process around it.
+pub(crate) mod admin;
+pub mod demo;
+pub(crate) mod runtime;
 pub mod server;
-pub mod stack;
+pub(crate) mod stack;
 pub mod telemetry;
 pub mod token;

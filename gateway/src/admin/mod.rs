@@ -147,7 +147,7 @@ async fn reload(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<B
         candidate,
     )
     .await;
-    let status = if report.outcome == "error" {
+    let status = if report.outcome == crate::server::reload::Outcome::Error {
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::OK

@@ -153,7 +153,7 @@ where
 
 /// Forged identity headers go (on every route, whatever its policies), and a `Connection`
 /// header loses the tokens that name them or the other protected headers, so the hop-by-hop
-/// removal before forwarding (`upstream/forward.rs`) cannot take away what the gateway set.
+/// removal before forwarding (`upstream/headers.rs`) cannot take away what the gateway set.
 fn protect_identity(headers: &mut HeaderMap, identity: &[HeaderName]) {
     for name in identity {
         if headers.contains_key(name) {

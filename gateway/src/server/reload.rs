@@ -36,11 +36,34 @@ pub struct ListenerHandle {
     pub socket: std::net::TcpListener,
 }
 
+/// How a reload ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new generation serves.
+    Success,
+    /// Refused: the running config stays.
+    Error,
+    /// Checked and compared only (`?dry_run=true`).
+    DryRun,
+    /// The file was touched, not changed.
+    Unchanged,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Error => "error",
+            Self::DryRun => "dry_run",
+            Self::Unchanged => "unchanged",
+        }
+    }
+}
+
 /// What a reload did, for the admin response and the log.
 #[derive(Debug)]
 pub struct Report {
-    /// `success`, `error`, `dry_run`, `unchanged`.
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     pub generation: u64,
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
@@ -50,7 +73,7 @@ pub struct Report {
 impl Report {
     pub fn to_json(&self) -> Value {
         json!({
-            "outcome": self.outcome,
+            "outcome": self.outcome.as_str(),
             "generation": self.generation,
             "errors": self.errors,
             "warnings": self.warnings,
@@ -60,7 +83,7 @@ impl Report {
 
     fn error(generation: u64, errors: Vec<String>) -> Self {
         Self {
-            outcome: "error",
+            outcome: Outcome::Error,
             generation,
             errors,
             warnings: Vec::new(),
@@ -143,7 +166,7 @@ pub async fn reload_from(
     let d = diff::diff(&current.config, &loaded.config);
     if dry_run {
         return Report {
-            outcome: "dry_run",
+            outcome: Outcome::DryRun,
             generation: current.generation,
             errors: Vec::new(),
             warnings: loaded.warnings,
@@ -153,7 +176,7 @@ pub async fn reload_from(
     if d.is_empty() && matches!(trigger, Trigger::FileChanged) {
         // Touched, not changed (an editor saving twice): nothing to do.
         return Report {
-            outcome: "unchanged",
+            outcome: Outcome::Unchanged,
             generation: current.generation,
             errors: Vec::new(),
             warnings: loaded.warnings,
@@ -230,7 +253,7 @@ pub async fn reload_from(
         ),
     );
     Report {
-        outcome: "success",
+        outcome: Outcome::Success,
         generation,
         errors: Vec::new(),
         warnings: loaded.warnings,
@@ -380,7 +403,7 @@ pub fn spawn_file_watch(shared: &Arc<Shared>, path: &Path) {
                 continue;
             }
             let report = reload(&shared, Trigger::FileChanged, false).await;
-            if report.outcome == "success" {
+            if report.outcome == Outcome::Success {
                 tracing::info!(
                     generation = report.generation,
                     "reloaded after the config file changed on disk"

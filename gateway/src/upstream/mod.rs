@@ -5,7 +5,7 @@
 //! The request path itself is `proxy.rs` (the service at the bottom of every route stack);
 //! `forward.rs` rewrites heads for the upstream, `pool.rs` keeps its connections.
 
-pub mod forward;
+pub mod headers;
 pub use crate::endpoint::pool;
 pub mod proxy;
 pub mod tunnel;

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::pool::Sender;
-use super::{forward, InFlightGuard, UpstreamRt};
+use super::{headers, InFlightGuard, UpstreamRt};
 use crate::balance::{PickCtx, TargetSet};
 use crate::body::{
     caused_by, BodyProgress, BodyTimedOut, BodyTooLarge, BufferLease, ClientBodyError, ReqBody,
@@ -82,7 +82,7 @@ impl Service<Request<ReqBody>> for Forward {
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        Box::pin(forward(self.cfg.clone(), req))
+        Box::pin(proxy_request(self.cfg.clone(), req))
     }
 }
 
@@ -155,7 +155,7 @@ fn degraded(f: &Fallback) -> Response<ResBody> {
     res
 }
 
-async fn forward(
+async fn proxy_request(
     cfg: Arc<ForwardConfig>,
     req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, GatewayError> {
@@ -170,7 +170,7 @@ async fn forward(
     if let Some(idle) = cfg.websocket {
         if super::tunnel::is_upgrade(&parts) {
             // Boxed: rare, and its state would otherwise make every request's future larger.
-            return Box::pin(super::tunnel::forward(&cfg, parts, body, idle)).await;
+            return Box::pin(super::tunnel::open(&cfg, parts, body, idle)).await;
         }
     }
     let hash = {
@@ -184,14 +184,14 @@ async fn forward(
     {
         let conn = parts.extensions.get::<Arc<ConnInfo>>().cloned();
         let conn = conn.as_deref();
-        let hop = forward::Hop {
+        let hop = headers::Hop {
             peer: conn.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.peer.ip()),
             peer_header: conn.map(|c| &c.peer_header),
             https: conn.is_some_and(|c| c.listener.https),
             trusted_proxies: &cfg.trusted_proxies,
             host_rewrite: cfg.host_rewrite.as_ref(),
         };
-        forward::prepare(&mut parts, &hop)?;
+        headers::prepare(&mut parts, &hop)?;
     }
     // Extensions are ours, not the upstream's.
     parts.extensions.clear();
@@ -552,7 +552,7 @@ async fn send(
                 }
                 record(up, ep, permit, failure);
                 let (mut parts, body) = res.into_parts();
-                forward::strip_hop_by_hop(&mut parts.headers);
+                headers::strip_hop_by_hop(&mut parts.headers);
                 let body = UpstreamBody {
                     inner: body,
                     sender: Some(sender),

@@ -19,7 +19,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::forward;
+use super::headers;
 use super::proxy::ForwardConfig;
 use crate::balance::PickCtx;
 use crate::body::{ReqBody, ResBody};
@@ -52,7 +52,7 @@ pub fn is_upgrade(parts: &http::request::Parts) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-pub async fn forward(
+pub async fn open(
     cfg: &ForwardConfig,
     mut parts: http::request::Parts,
     body: ReqBody,
@@ -72,14 +72,14 @@ pub async fn forward(
     };
     {
         let c = conn.as_deref();
-        let hop = forward::Hop {
+        let hop = headers::Hop {
             peer: c.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.peer.ip()),
             peer_header: c.map(|c| &c.peer_header),
             https: c.is_some_and(|c| c.listener.https),
             trusted_proxies: &cfg.trusted_proxies,
             host_rewrite: cfg.host_rewrite.as_ref(),
         };
-        forward::prepare(&mut parts, &hop)?;
+        headers::prepare(&mut parts, &hop)?;
     }
     parts.extensions.clear();
     // The hop-by-hop pair an upgrade needs, put back after `prepare` removed it.
@@ -149,13 +149,13 @@ pub async fn forward(
         // Refused (or not a WebSocket endpoint): an ordinary answer.
         ep.metrics.ok.inc();
         let (mut parts, body) = res.into_parts();
-        forward::strip_hop_by_hop(&mut parts.headers);
+        headers::strip_hop_by_hop(&mut parts.headers);
         return Ok(Response::from_parts(parts, ResBody::Tunnel(body)));
     }
     ep.metrics.ok.inc();
     let upstream_upgrade = hyper::upgrade::on(&mut res);
     let (mut head, _) = res.into_parts();
-    forward::strip_hop_by_hop(&mut head.headers);
+    headers::strip_hop_by_hop(&mut head.headers);
     head.headers
         .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     head.headers.insert(UPGRADE, upgrade);
