@@ -85,6 +85,11 @@ struct Raw {
 
 impl Raw {
     async fn open(gw: &Gateway) -> Raw {
+        Self::open_with(gw, &[]).await
+    }
+
+    /// A connection whose client SETTINGS carry `settings` (id/value pairs, 6 bytes each).
+    async fn open_with(gw: &Gateway, settings: &[u8]) -> Raw {
         let tls = tls_connect(
             gw.addr("https"),
             "localhost",
@@ -99,7 +104,7 @@ impl Raw {
         w.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
             .await
             .unwrap();
-        w.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+        w.write_all(&frame(SETTINGS, 0, 0, settings)).await.unwrap();
         // ACK the server's SETTINGS (sent blind: it comes first).
         w.write_all(&frame(SETTINGS, 0x1, 0, &[])).await.unwrap();
         Raw { w, seen }
@@ -155,6 +160,11 @@ async fn read_frames(mut r: ReadHalf<TlsStream<TcpStream>>, seen: Arc<Seen>) {
 }
 
 fn tls_gateway(upstream: std::net::SocketAddr) -> Gateway {
+    tls_gateway_with(upstream, "", "")
+}
+
+/// The TLS gateway with extra top-level TOML (`tables`) and extra keys on its one route.
+fn tls_gateway_with(upstream: std::net::SocketAddr, tables: &str, route: &str) -> Gateway {
     Gateway::start(&format!(
         r#"
 [admin]
@@ -164,13 +174,14 @@ listen = "127.0.0.1:0"
 name = "https"
 listen = "127.0.0.1:0"
 tls = {{ self_signed = true }}
-
+{tables}
 [upstreams.app]
 targets = [{{ addr = "{upstream}" }}]
 
 [[routes]]
 name = "all"
 upstream = "app"
+{route}
 "#
     ))
 }
@@ -467,58 +478,21 @@ async fn ping_and_settings_floods_do_not_grow_memory_or_starve_others() {
 /// A raw HTTP/2 connection whose client never opens its stream windows
 /// (SETTINGS_INITIAL_WINDOW_SIZE = 0): the server can send headers, never body bytes.
 async fn zero_window_connection(gw: &Gateway, streams: u32) -> Raw {
-    let tls = tls_connect(
-        gw.addr("https"),
-        "localhost",
-        &[b"h2"],
-        &[&rustls::version::TLS13],
-    )
-    .await;
-    let (r, mut w) = tokio::io::split(tls);
-    let seen = Arc::new(Seen::default());
-    tokio::spawn(read_frames(r, seen.clone()));
-    w.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .unwrap();
     // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0.
-    w.write_all(&frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]))
-        .await
-        .unwrap();
-    w.write_all(&frame(SETTINGS, 0x1, 0, &[])).await.unwrap();
+    let mut raw = Raw::open_with(gw, &[0, 4, 0, 0, 0, 0]).await;
     let block = request_block("/zero-window");
     let mut open = Vec::new();
     for k in 0..streams {
         open.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1 + 2 * k, &block));
     }
-    w.write_all(&open).await.unwrap();
-    Raw { w, seen }
+    assert!(raw.send(&open).await);
+    raw
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_window_streams_release_their_upstream_connections_and_fall_to_send_timeout() {
     let b = backend("small").await;
-    let gw = Gateway::start(&format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-
-[[listeners]]
-name = "https"
-listen = "127.0.0.1:0"
-tls = {{ self_signed = true }}
-
-[limits]
-send_timeout = "4s"
-
-[upstreams.app]
-targets = [{{ addr = "{}" }}]
-
-[[routes]]
-name = "all"
-upstream = "app"
-"#,
-        b.addr
-    ));
+    let gw = tls_gateway_with(b.addr, "[limits]\nsend_timeout = \"4s\"\n", "");
     let mut conns = Vec::new();
     for _ in 0..10 {
         conns.push(zero_window_connection(&gw, 100).await);
@@ -571,31 +545,14 @@ async fn unsigned_bodies_to_an_integrity_route_are_refused_before_they_are_read(
         "client-1 = \"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0\"\n",
     )
     .unwrap();
-    let gw = Gateway::start(&format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-
-[[listeners]]
-name = "https"
-listen = "127.0.0.1:0"
-tls = {{ self_signed = true }}
-
-[integrity.strict]
-signature = "required"
-signature_keys_file = "{}"
-
-[upstreams.app]
-targets = [{{ addr = "{}" }}]
-
-[[routes]]
-name = "all"
-upstream = "app"
-integrity = "strict"
-"#,
-        keys.display(),
-        b.addr
-    ));
+    let gw = tls_gateway_with(
+        b.addr,
+        &format!(
+            "[integrity.strict]\nsignature = \"required\"\nsignature_keys_file = \"{}\"\n",
+            keys.display()
+        ),
+        "integrity = \"strict\"",
+    );
     // 64 streams on one connection, each with a 9.9 MiB body and no signature.
     let tls = tls_connect(
         gw.addr("https"),
