@@ -467,6 +467,16 @@ pub enum ResBody {
     Buffered(crate::upstream::BufferedBody),
 }
 
+impl From<Bytes> for ResBody {
+    fn from(bytes: Bytes) -> Self {
+        if bytes.is_empty() {
+            Self::empty()
+        } else {
+            Self::full(bytes)
+        }
+    }
+}
+
 impl ResBody {
     pub fn full(bytes: Bytes) -> Self {
         Self::Full(Some(bytes))

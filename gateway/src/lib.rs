@@ -37,6 +37,8 @@ pub(crate) mod clock;
 pub(crate) mod error;
 pub(crate) mod events;
 pub mod metrics;
+// gRPC: status mapping, trailers-only answers, grpc-timeout.
+pub(crate) mod grpc;
 
 // (1) bytes to requests.
 pub mod edge;

@@ -99,6 +99,9 @@ pub struct Metrics {
     pub buffer_rejected_total: IntCounter,
     pub h2_connections_closed_total: IntCounterVec,
     pub h2_streams_reset_total: IntCounterVec,
+    pub upstream_tls_handshakes_total: IntCounterVec,
+    pub upstream_connections: IntGaugeVec,
+    pub grpc_responses_total: IntCounterVec,
     /// (name, help, type) of every family, to expose the ones with no series yet.
     families: Vec<(String, String, &'static str)>,
 }
@@ -311,6 +314,21 @@ impl Metrics {
                 "HTTP/2 streams the gateway reset, by reason.",
                 &["listener", "reason"],
             ),
+            upstream_tls_handshakes_total: r.counter(
+                "gateway_upstream_tls_handshakes_total",
+                "TLS handshakes with upstream targets, by outcome.",
+                &["upstream", "outcome"],
+            ),
+            upstream_connections: r.gauge(
+                "gateway_upstream_connections",
+                "Open connections to the target, by protocol.",
+                &["upstream", "target", "protocol"],
+            ),
+            grpc_responses_total: r.counter(
+                "gateway_grpc_responses_total",
+                "gRPC responses by grpc-status name (the upstream's, or the gateway's own).",
+                &["route", "code"],
+            ),
             families: r.families,
             registry,
         };
@@ -396,6 +414,9 @@ impl Metrics {
         prune_vec(&self.tls_cert_expiry, &gone);
         prune_vec(&self.h2_connections_closed_total, &gone);
         prune_vec(&self.h2_streams_reset_total, &gone);
+        prune_vec(&self.upstream_tls_handshakes_total, &gone);
+        prune_vec(&self.upstream_connections, &gone);
+        prune_vec(&self.grpc_responses_total, &gone);
     }
 
     /// Forget a listener's certificate series (its certificates are about to be set anew).
@@ -424,6 +445,11 @@ impl Metrics {
         RouteMetrics {
             duration: self.request_duration.with_label_values(&[route]),
             requests: RequestCounters::new(route, self.requests_total.clone()),
+            grpc: GrpcCounters {
+                route: route.to_string(),
+                vec: self.grpc_responses_total.clone(),
+                by_code: Default::default(),
+            },
         }
     }
 
@@ -442,7 +468,22 @@ impl Metrics {
             .outlier_ejections_total
             .with_label_values(&[upstream, target]);
         ejections.inc_by(0);
+        let conns = |protocol: &str| {
+            self.upstream_connections
+                .with_label_values(&[upstream, target, protocol])
+        };
+        let tls = |outcome: &str| {
+            let c = self
+                .upstream_tls_handshakes_total
+                .with_label_values(&[upstream, outcome]);
+            c.inc_by(0);
+            c
+        };
         EndpointMetrics {
+            conns_h1: conns("h1"),
+            conns_h2: conns("h2"),
+            tls_ok: tls("success"),
+            tls_error: tls("error"),
             ok: outcome(Outcome::Ok),
             error: outcome(Outcome::Error),
             timeout: outcome(Outcome::Timeout),
@@ -534,6 +575,39 @@ impl Default for Metrics {
 pub struct RouteMetrics {
     pub duration: Histogram,
     pub requests: RequestCounters,
+    pub grpc: GrpcCounters,
+}
+
+/// `gateway_grpc_responses_total` of one route, by status name: a code's child is resolved the
+/// first time it is seen (codes appear as they are seen, SPEC §8.5).
+pub struct GrpcCounters {
+    route: String,
+    vec: IntCounterVec,
+    by_code: [OnceLock<IntCounter>; 18],
+}
+
+impl std::fmt::Debug for GrpcCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcCounters")
+            .field("route", &self.route)
+            .finish()
+    }
+}
+
+impl GrpcCounters {
+    /// Count one response with grpc-status `code` (unknown codes as `UNKNOWN_CODE`).
+    pub fn inc(&self, code: u32) {
+        let i = (code as usize).min(17);
+        self.by_code[i]
+            .get_or_init(|| {
+                let name = crate::grpc::CODE_NAMES
+                    .get(i)
+                    .copied()
+                    .unwrap_or("UNKNOWN_CODE");
+                self.vec.with_label_values(&[self.route.as_str(), name])
+            })
+            .inc();
+    }
 }
 
 /// `gateway_requests_total` of one route, by method and status: each (method, status) child is
@@ -627,6 +701,12 @@ pub struct EndpointMetrics {
     pub up: IntGauge,
     pub circuit: IntGauge,
     pub ejections: IntCounter,
+    /// `gateway_upstream_connections{protocol="h1"|"h2"}`.
+    pub conns_h1: IntGauge,
+    pub conns_h2: IntGauge,
+    /// `gateway_upstream_tls_handshakes_total{outcome}` of the endpoint's upstream.
+    pub tls_ok: IntCounter,
+    pub tls_error: IntCounter,
 }
 
 impl EndpointMetrics {

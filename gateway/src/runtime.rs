@@ -121,6 +121,7 @@ impl Runtime {
                     https: l.tls.is_some(),
                     redirect_https: l.redirect_https,
                     proxy_protocol: l.proxy_protocol,
+                    h2c: l.h2c,
                     h2_body_timeouts: listener_metrics.h2_reset_body_timeout.clone(),
                 }),
                 metrics: listener_metrics,

@@ -141,3 +141,122 @@ fn inspect(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
     }
     Ok((names, cert.validity().not_after.timestamp()))
 }
+
+/// What an upstream's TLS needs, read from its files.
+pub struct ClientTlsFiles<'a> {
+    /// PEM CA certificates; `None`: the system roots.
+    pub ca: Option<&'a [u8]>,
+    /// PEM client chain and key (mTLS).
+    pub client: Option<(&'a [u8], &'a [u8])>,
+    /// No verification at all (tests only).
+    pub insecure_skip_verify: bool,
+    /// ALPN protocols offered, in order.
+    pub alpn: Vec<Vec<u8>>,
+}
+
+/// A rustls client config for an upstream, with the process's one crypto provider.
+pub fn client_config(f: &ClientTlsFiles<'_>) -> Result<rustls::ClientConfig, String> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS versions: {e}"))?;
+    let builder = if f.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        match f.ca {
+            Some(pem) => {
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("bad PEM in ca_file: {e}"))?;
+                if certs.is_empty() {
+                    return Err(
+                        "no certificate in ca_file (expected PEM \"BEGIN CERTIFICATE\")".into(),
+                    );
+                }
+                for c in certs {
+                    roots.add(c).map_err(|e| format!("ca_file: {e}"))?;
+                }
+            }
+            None => {
+                let native = rustls_native_certs::load_native_certs();
+                for c in native.certs {
+                    let _ = roots.add(c);
+                }
+                if roots.is_empty() {
+                    return Err("no system root certificates found: set ca_file".into());
+                }
+            }
+        }
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match f.client {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("bad PEM in client_cert: {e}"))?;
+            if chain.is_empty() {
+                return Err("no certificate in client_cert".into());
+            }
+            let key = PrivateKeyDer::from_pem_slice(key)
+                .map_err(|e| format!("bad PEM in client_key: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client_cert and client_key do not go together: {e}"))?
+        }
+    };
+    config.alpn_protocols = f.alpn.clone();
+    Ok(config)
+}
+
+/// `insecure_skip_verify = true`: any certificate is accepted (signatures still checked so
+/// the handshake completes). Tests only; `check` warns.
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

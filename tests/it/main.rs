@@ -23,3 +23,4 @@ mod resilience;
 mod restart;
 mod security;
 mod status_page;
+mod upstream_reach;

@@ -293,6 +293,9 @@ mod tests {
             max_in_flight: None,
             max_pending: None,
             max_idle_per_target: 64,
+            protocol: crate::config::Protocol::Http1,
+            tls: None,
+            h2_max_streams_per_connection: 100,
         }
     }
 

@@ -64,6 +64,7 @@ pub struct ListenerFile {
     pub tls: Option<Spanned<TlsFile>>,
     pub proxy_protocol: Option<Spanned<bool>>,
     pub redirect_https: Option<Spanned<i64>>,
+    pub h2c: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -239,6 +240,20 @@ pub struct UpstreamFile {
     pub max_pending: Option<Spanned<i64>>,
     pub maglev_table_size: Option<Spanned<i64>>,
     pub max_idle_per_target: Option<Spanned<i64>>,
+    pub protocol: Option<Spanned<String>>,
+    pub tls: Option<Spanned<UpstreamTlsFile>>,
+    pub h2_max_streams_per_connection: Option<Spanned<i64>>,
+}
+
+/// `[upstreams.X] tls = { ... }`: TLS to the upstream.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsFile {
+    pub ca_file: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<String>>,
+    pub insecure_skip_verify: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

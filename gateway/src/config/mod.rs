@@ -112,6 +112,8 @@ pub struct Listener {
     pub redirect_https: Option<u16>,
     /// Every connection starts with a PROXY v1/v2 header (believed from `trusted_proxies`).
     pub proxy_protocol: bool,
+    /// Plain listener: HTTP/2 with prior knowledge too (gRPC without TLS).
+    pub h2c: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -223,6 +225,69 @@ pub struct Upstream {
     pub max_pending: Option<u64>,
     /// Idle pooled connections kept per endpoint; more are closed.
     pub max_idle_per_target: usize,
+    /// What the gateway speaks to the upstream.
+    pub protocol: Protocol,
+    /// TLS to the upstream (`None`: plain text).
+    pub tls: Option<UpstreamTls>,
+    /// HTTP/2 upstreams: streams per connection before another connection is opened.
+    pub h2_max_streams_per_connection: u32,
+}
+
+/// `protocol` of an upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2: by ALPN over TLS, with prior knowledge in plain text.
+    H2,
+    /// TLS: ALPN `h2`, else `http/1.1`; plain text: HTTP/1.1.
+    Auto,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::H2 => "h2",
+            Self::Auto => "auto",
+        }
+    }
+}
+
+/// TLS to an upstream, checked and built at load (a bad CA or key file fails `check`).
+#[derive(Clone)]
+pub struct UpstreamTls {
+    /// rustls client config with the roots, the client certificate and the ALPN list.
+    pub client: Arc<rustls::ClientConfig>,
+    /// The name checked and sent as SNI (else the target's host).
+    pub server_name: Option<String>,
+    pub insecure_skip_verify: bool,
+    /// The bytes of the files named (CA, client certificate, client key): a change of any is a
+    /// change of the upstream.
+    pub files: Vec<(PathBuf, Vec<u8>)>,
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.server_name == other.server_name
+            && self.insecure_skip_verify == other.insecure_skip_verify
+            && self.files == other.files
+            && self.client.alpn_protocols == other.client.alpn_protocols
+    }
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.server_name)
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .field(
+                "files",
+                &self.files.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// Active health checks of every target and backup of an upstream.

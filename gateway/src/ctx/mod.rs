@@ -59,6 +59,8 @@ pub struct ListenerInfo {
     pub https: bool,
     pub redirect_https: Option<u16>,
     pub proxy_protocol: bool,
+    /// Plain listener that also takes HTTP/2 with prior knowledge.
+    pub h2c: bool,
     /// `gateway_h2_streams_reset_total{reason="body_timeout"}` of this listener.
     pub h2_body_timeouts: prometheus::IntCounter,
 }

@@ -81,9 +81,12 @@ pub async fn serve(
     let state = Arc::new(ConnState::new());
 
     let Some(acceptor) = &listener.tls else {
+        // h2c: HTTP/2 with prior knowledge starts with the client preface; anything else is
+        // HTTP/1.1 on the same port.
+        let h2 = listener.info.h2c && starts_with_h2_preface(&stream, limits.header_timeout).await;
         serve_stream(
             stream,
-            false,
+            h2,
             (peer, tcp_peer),
             &listener,
             state,
@@ -197,6 +200,30 @@ async fn serve_stream<T>(
             (&metrics.h2_closed, &metrics.h2_reset_send_timeout),
         )
         .await;
+    }
+}
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the first bytes on `stream` are the HTTP/2 preface (peeked, not consumed): decided
+/// as soon as a byte differs, or when 24 bytes are in; `false` if nothing comes in time.
+async fn starts_with_h2_preface(stream: &TcpStream, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 24];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return false;
+        }
+        if n == H2_PREFACE.len() {
+            return true;
+        }
+        // Part of the preface so far: wait for more.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

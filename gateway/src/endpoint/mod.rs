@@ -81,7 +81,7 @@ impl Endpoint {
             id,
             addr,
             backup_of,
-            pool: Pool::new(addr, cfg.max_idle_per_target),
+            pool: Pool::new(addr, cfg, &metrics),
             metrics,
             healthy: AtomicBool::new(true),
             last_probe: ArcSwapOption::empty(),
@@ -245,6 +245,9 @@ mod tests {
             max_in_flight: None,
             max_pending: None,
             max_idle_per_target: 64,
+            protocol: crate::config::Protocol::Http1,
+            tls: None,
+            h2_max_streams_per_connection: 100,
         }
     }
 

@@ -1,74 +1,219 @@
-//! (5) The keep-alive connection pool of one endpoint, on `hyper::client::conn::http1`; the
-//! upstream tier (6) takes connections from it and gives them back.
+//! (5) The connections of one endpoint: a keep-alive pool of HTTP/1.1 connections and a few
+//! multiplexed HTTP/2 connections, in plain text or TLS. The upstream tier (6) takes a sender
+//! from it and gives HTTP/1.1 senders back when their response ended.
 //!
 //! Our own rather than hyper-util's legacy client: a connect error must leave the request
 //! untouched so it can move on to the balancer's next choice (the legacy client consumes the
-//! body), and later limits (`max_pending`) need a per-endpoint view. Idle connections sit in a
-//! lock-free bounded queue: checking out and in costs an atomic, never a lock shared by all
-//! requests.
+//! body), and later limits (`max_pending`) need a per-endpoint view. Idle HTTP/1.1 connections
+//! sit in a lock-free bounded queue; HTTP/2 connections in an `ArcSwap`'d list read without a
+//! lock, each with an atomic count of its open streams (`h2_max_streams_per_connection`). A
+//! mutex is taken only to open an HTTP/2 connection, so a burst of requests opens one
+//! connection, not one per request.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use futures_util::future::Either;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus::IntGauge;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::ReqBody;
+use crate::config::{Protocol, Upstream};
+use crate::metrics::EndpointMetrics;
 
 /// An idle connection older than this is closed rather than reused: upstream servers close
 /// idle keep-alive connections after 60-75 s (nginx 75 s, Node 5 s by default), and reusing one
 /// they are closing costs a failed send.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
-pub type Sender = SendRequest<ReqBody>;
+/// A way to send one request: an HTTP/1.1 connection of its own, or a stream slot on a shared
+/// HTTP/2 connection (given back when dropped).
+pub enum Sender {
+    H1(http1::SendRequest<ReqBody>),
+    H2(H2Stream),
+}
 
-struct Idle {
-    sender: Sender,
-    since: Instant,
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::H1(_) => "Sender::H1",
+            Self::H2(_) => "Sender::H2",
+        })
+    }
+}
+
+/// One stream's place on an HTTP/2 connection.
+pub struct H2Stream {
+    sender: http2::SendRequest<ReqBody>,
+    conn: Arc<H2Conn>,
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        self.conn.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct H2Conn {
+    sender: http2::SendRequest<ReqBody>,
+    streams: AtomicU32,
+}
+
+/// What sending returns: the response, or the request back when it was not sent.
+pub type Sent = Result<Response<Incoming>, TrySendError<Request<ReqBody>>>;
+
+impl Sender {
+    /// Ready to send now (a pooled HTTP/1.1 connection may be closing).
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Self::H1(s) => s.is_ready(),
+            Self::H2(s) => s.sender.is_ready(),
+        }
+    }
+
+    pub fn is_h2(&self) -> bool {
+        matches!(self, Self::H2(_))
+    }
+
+    /// Send `req`; a request that could not be sent comes back in the error.
+    pub fn try_send_request(
+        &mut self,
+        req: Request<ReqBody>,
+    ) -> impl Future<Output = Sent> + Send + 'static {
+        match self {
+            Self::H1(s) => Either::Left(s.try_send_request(req)),
+            Self::H2(s) => Either::Right(s.sender.try_send_request(req)),
+        }
+    }
+}
+
+/// How to reach the endpoint.
+#[derive(Clone)]
+struct Dialer {
+    addr: SocketAddr,
+    protocol: Protocol,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    max_streams: u32,
 }
 
 pub struct Pool {
-    addr: SocketAddr,
-    /// `None` when `max_idle_per_target = 0`: every connection closes after its response.
+    dialer: Dialer,
+    /// `None` when `max_idle_per_target = 0`: every HTTP/1.1 connection closes after its response.
     idle: Option<ArrayQueue<Idle>>,
+    h2: ArcSwap<Vec<Arc<H2Conn>>>,
+    /// Held while an HTTP/2 connection is being opened.
+    opening: tokio::sync::Mutex<()>,
+    /// ALPN chose HTTP/1.1 for this endpoint (`protocol = "auto"`): no HTTP/2 gate.
+    learned_h1: AtomicBool,
+    conns_h1: IntGauge,
+    conns_h2: IntGauge,
+    tls_ok: prometheus::IntCounter,
+    tls_error: prometheus::IntCounter,
+}
+
+struct Idle {
+    sender: http1::SendRequest<ReqBody>,
+    since: Instant,
 }
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("addr", &self.addr)
+            .field("addr", &self.dialer.addr)
+            .field("protocol", &self.dialer.protocol)
             .field("idle", &self.idle_count())
             .finish()
     }
 }
 
 impl Pool {
-    /// `max_idle`: idle connections kept (`max_idle_per_target`); more are closed when they
-    /// come back, so a burst's connections do not all stay open.
-    pub fn new(addr: SocketAddr, max_idle: usize) -> Self {
+    /// The pool of the endpoint at `addr` of upstream `cfg`. `max_idle_per_target` idle
+    /// HTTP/1.1 connections are kept; more are closed when they come back, so a burst's
+    /// connections do not all stay open.
+    pub fn new(addr: SocketAddr, cfg: &Upstream, metrics: &EndpointMetrics) -> Self {
+        let tls = cfg.tls.as_ref().map(|t| {
+            let name = match &t.server_name {
+                Some(n) => ServerName::try_from(n.clone())
+                    .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into())),
+                None => ServerName::IpAddress(addr.ip().into()),
+            };
+            (tokio_rustls::TlsConnector::from(t.client.clone()), name)
+        });
+        let max_idle = cfg.max_idle_per_target;
         Self {
-            addr,
+            dialer: Dialer {
+                addr,
+                protocol: cfg.protocol,
+                tls,
+                max_streams: cfg.h2_max_streams_per_connection.max(1),
+            },
             idle: (max_idle > 0).then(|| ArrayQueue::new(max_idle)),
+            h2: ArcSwap::from_pointee(Vec::new()),
+            opening: tokio::sync::Mutex::new(()),
+            learned_h1: AtomicBool::new(false),
+            conns_h1: metrics.conns_h1.clone(),
+            conns_h2: metrics.conns_h2.clone(),
+            tls_ok: metrics.tls_ok.clone(),
+            tls_error: metrics.tls_error.clone(),
         }
     }
 
-    /// An idle connection that is still open and fresh, if any.
+    /// Whether requests to this endpoint may share HTTP/2 connections.
+    fn may_be_h2(&self) -> bool {
+        match self.dialer.protocol {
+            Protocol::H2 => true,
+            Protocol::Auto => self.dialer.tls.is_some() && !self.learned_h1.load(Ordering::Relaxed),
+            Protocol::Http1 => false,
+        }
+    }
+
+    /// A stream slot on an open HTTP/2 connection with room, or an idle HTTP/1.1 connection.
     pub fn take_idle(&self) -> Option<Sender> {
+        if let Some(s) = self.h2_slot() {
+            return Some(s);
+        }
         let idle = self.idle.as_ref()?;
         while let Some(idle) = idle.pop() {
             if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
-                return Some(idle.sender);
+                return Some(Sender::H1(idle.sender));
             }
         }
         None
     }
 
-    /// Hand a connection back after its response ended.
+    fn h2_slot(&self) -> Option<Sender> {
+        let conns = self.h2.load();
+        for c in conns.iter() {
+            if c.sender.is_closed() {
+                continue;
+            }
+            if c.streams.fetch_add(1, Ordering::AcqRel) < self.dialer.max_streams {
+                return Some(Sender::H2(H2Stream {
+                    sender: c.sender.clone(),
+                    conn: c.clone(),
+                }));
+            }
+            c.streams.fetch_sub(1, Ordering::AcqRel);
+        }
+        None
+    }
+
+    /// Hand a connection back after its response ended (HTTP/2 slots free themselves).
     pub fn put_back(&self, sender: Sender) {
+        let Sender::H1(sender) = sender else { return };
         if let (false, Some(idle)) = (sender.is_closed(), &self.idle) {
             // A full pool drops (closes) the connection.
             let _ = idle.push(Idle {
@@ -78,44 +223,146 @@ impl Pool {
         }
     }
 
-    /// Close idle connections that are closed or too old; keep the others in order.
+    /// Close idle connections that are closed or too old; forget closed HTTP/2 connections.
     pub fn reap(&self) {
-        let Some(queue) = &self.idle else { return };
-        for _ in 0..queue.len() {
-            let Some(idle) = queue.pop() else { break };
-            if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
-                let _ = queue.push(idle);
+        if let Some(queue) = &self.idle {
+            for _ in 0..queue.len() {
+                let Some(idle) = queue.pop() else { break };
+                if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
+                    let _ = queue.push(idle);
+                }
             }
+        }
+        if self.h2.load().iter().any(|c| c.sender.is_closed()) {
+            self.h2.rcu(|list| {
+                list.iter()
+                    .filter(|c| !c.sender.is_closed())
+                    .cloned()
+                    .collect::<Vec<_>>()
+            });
         }
     }
 
-    /// Idle connections now.
+    /// Idle HTTP/1.1 connections plus open HTTP/2 connections.
     pub fn idle_count(&self) -> usize {
-        self.idle.as_ref().map_or(0, ArrayQueue::len)
+        self.idle.as_ref().map_or(0, ArrayQueue::len) + self.h2.load().len()
     }
 
-    /// A new connection; its I/O runs on a task of its own.
+    /// A sender on a new connection (or, for HTTP/2, on one another request opened
+    /// meanwhile). Its I/O runs on a task of its own.
     pub async fn connect(&self, timeout: Duration) -> io::Result<Sender> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
+        if !self.may_be_h2() {
+            return self.dial(timeout).await;
+        }
+        let _one = match tokio::time::timeout(timeout, self.opening.lock()).await {
+            Ok(guard) => guard,
+            Err(_) => return Err(timed_out(self.dialer.addr, timeout)),
+        };
+        if let Some(s) = self.h2_slot() {
+            return Ok(s);
+        }
+        self.dial(timeout).await
+    }
+
+    async fn dial(&self, timeout: Duration) -> io::Result<Sender> {
+        let d = &self.dialer;
+        let started = Instant::now();
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(d.addr)).await {
             Ok(s) => s?,
-            Err(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connect to {} timed out after {timeout:?}", self.addr),
-                ))
-            }
+            Err(_) => return Err(timed_out(d.addr, timeout)),
         };
         let _ = stream.set_nodelay(true);
+        let Some((connector, name)) = &d.tls else {
+            let h2 = d.protocol == Protocol::H2;
+            return self.handshake(stream, h2).await;
+        };
+        let left = timeout.saturating_sub(started.elapsed());
+        let tls = match tokio::time::timeout(left, connector.connect(name.clone(), stream)).await {
+            Ok(Ok(tls)) => {
+                self.tls_ok.inc();
+                tls
+            }
+            Ok(Err(e)) => {
+                self.tls_error.inc();
+                tracing::warn!(target_addr = %d.addr, error = %e, "upstream TLS handshake failed");
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!("TLS handshake with {} failed: {e}", d.addr),
+                ));
+            }
+            Err(_) => {
+                self.tls_error.inc();
+                return Err(timed_out(d.addr, timeout));
+            }
+        };
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        if !h2 && d.protocol == Protocol::Auto {
+            self.learned_h1.store(true, Ordering::Relaxed);
+        }
+        if !h2 && d.protocol == Protocol::H2 {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("{} did not agree to HTTP/2 (ALPN h2)", d.addr),
+            ));
+        }
+        self.handshake(tls, h2).await
+    }
+
+    async fn handshake<I>(&self, io: I, h2: bool) -> io::Result<Sender>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        if h2 {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(io::Error::other)?;
+            let gauge = self.conns_h2.clone();
+            gauge.inc();
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                }
+                gauge.dec();
+            });
+            let conn = Arc::new(H2Conn {
+                sender: sender.clone(),
+                streams: AtomicU32::new(1),
+            });
+            self.h2.rcu(|list| {
+                let mut next: Vec<Arc<H2Conn>> = list
+                    .iter()
+                    .filter(|c| !c.sender.is_closed())
+                    .cloned()
+                    .collect();
+                next.push(conn.clone());
+                next
+            });
+            return Ok(Sender::H2(H2Stream { sender, conn }));
+        }
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(1 << 20)
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(io::Error::other)?;
+        let gauge = self.conns_h1.clone();
+        gauge.inc();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
+            gauge.dec();
         });
-        Ok(sender)
+        Ok(Sender::H1(sender))
     }
+}
+
+fn timed_out(addr: SocketAddr, timeout: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("connect to {addr} timed out after {timeout:?}"),
+    )
 }

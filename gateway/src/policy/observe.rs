@@ -101,6 +101,7 @@ where
             client,
             status: 0,
             reason: None,
+            grpc: crate::grpc::is_grpc(req.headers()),
         };
         ObserveFuture {
             inner: self.inner.call(req),
@@ -120,6 +121,8 @@ struct LogCtx {
     client: Option<IpAddr>,
     status: u16,
     reason: Option<&'static str>,
+    /// A gRPC request: the gateway's own answers go in trailers-only form, statuses counted.
+    grpc: bool,
 }
 
 pin_project_lite::pin_project! {
@@ -149,6 +152,7 @@ where
                 ctx: None,
                 bytes: 0,
                 ended: false,
+                grpc_counted: true,
             })));
         };
         let res = match result {
@@ -163,9 +167,49 @@ where
                 if matches!(err, GatewayError::Connect(_) | GatewayError::Upstream(_)) {
                     tracing::warn!(request_id = %DisplayHeader(&ctx.id), route = %ctx.obs.name, error = %err, "upstream failure");
                 }
-                err.to_response(&ctx.id)
+                let reply = err.to_response(&ctx.id);
+                if ctx.grpc {
+                    let res = crate::grpc::trailers_only(reply, &err.public_message());
+                    if let Some(code) = crate::grpc::status_of(res.headers()) {
+                        ctx.obs.metrics.grpc.inc(code);
+                    }
+                    res
+                } else {
+                    reply
+                }
             }
         };
+        if ctx.grpc
+            && res.status() != http::StatusCode::OK
+            && matches!(res.body(), ResBody::Full(_))
+        {
+            // A gateway answer made elsewhere (a 429, a fallback): trailers-only too.
+            let message = res
+                .status()
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_ascii_lowercase();
+            let res2 = crate::grpc::trailers_only(res, &message);
+            if let Some(code) = crate::grpc::status_of(res2.headers()) {
+                ctx.obs.metrics.grpc.inc(code);
+            }
+            ctx.status = res2.status().as_u16();
+            return Poll::Ready(Ok(res2.map(|inner| ObservedBody {
+                inner,
+                ctx: Some(ctx),
+                bytes: 0,
+                ended: false,
+                grpc_counted: true,
+            })));
+        }
+        // The upstream's answer: a trailers-only status is counted now, else from the trailers.
+        let mut grpc_counted = !ctx.grpc;
+        if ctx.grpc {
+            if let Some(code) = crate::grpc::status_of(res.headers()) {
+                ctx.obs.metrics.grpc.inc(code);
+                grpc_counted = true;
+            }
+        }
         if res.extensions().get::<crate::ctx::Degraded>().is_some() {
             ctx.reason = Some("fallback");
         }
@@ -175,6 +219,7 @@ where
             ctx: Some(ctx),
             bytes: 0,
             ended: false,
+            grpc_counted,
         })))
     }
 }
@@ -185,6 +230,8 @@ pub struct ObservedBody {
     ctx: Option<LogCtx>,
     bytes: u64,
     ended: bool,
+    /// The gRPC status is counted (or this is no gRPC response).
+    grpc_counted: bool,
 }
 
 impl ObservedBody {
@@ -208,6 +255,11 @@ impl Body for ObservedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.bytes += d.len() as u64;
+                } else if let (false, Some(t)) = (this.grpc_counted, frame.trailers_ref()) {
+                    if let (Some(code), Some(ctx)) = (crate::grpc::status_of(t), &this.ctx) {
+                        ctx.obs.metrics.grpc.inc(code);
+                        this.grpc_counted = true;
+                    }
                 }
             }
             Poll::Ready(None) => this.ended = true,

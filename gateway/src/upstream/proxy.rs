@@ -160,11 +160,14 @@ async fn proxy_request(
     req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, GatewayError> {
     let up = &cfg.upstream;
+    let grpc = crate::grpc::is_grpc(req.headers());
+    // A gRPC deadline shorter than the route's shortens both timeouts.
+    let deadline = grpc.then(|| crate::grpc::timeout(req.headers())).flatten();
     let timing = Timing {
         started: Instant::now(),
         progress: req.body().progress(),
-        timeout: cfg.timeout,
-        total_timeout: cfg.total_timeout,
+        timeout: deadline.map_or(cfg.timeout, |d| cfg.timeout.min(d)),
+        total_timeout: deadline.map_or(cfg.total_timeout, |d| cfg.total_timeout.min(d)),
     };
     let (mut parts, mut body) = req.into_parts();
     if let Some(idle) = cfg.websocket {
@@ -213,10 +216,11 @@ async fn proxy_request(
         _ => None,
     };
 
+    // gRPC calls are POSTs: retried only under the connect-error rule (SPEC §8.3).
     let retry = cfg
         .retry
         .as_ref()
-        .filter(|r| r.attempts > 0 && is_idempotent(&parts.method));
+        .filter(|r| r.attempts > 0 && is_idempotent(&parts.method) && !grpc);
     if retry.is_some() {
         body.keep_for_replay();
     }
@@ -347,6 +351,53 @@ async fn proxy_request(
         // The failed answer is kept as the last resort; its connection is not reused.
         last_result = Some(result);
         req = Some(template.request(body));
+    }
+}
+
+/// Shape the request for the connection it goes on: HTTP/2 wants the scheme and authority in
+/// the URI (no `Host`) and `te: trailers` for gRPC; HTTP/1.1 the origin-form and `Host`. A
+/// request that came back unsent may go on the other kind, so both directions are handled.
+fn fit_request(req: &mut Request<ReqBody>, h2: bool, https: bool) {
+    if h2 {
+        if req.uri().scheme().is_none() {
+            let authority = req
+                .headers_mut()
+                .remove(header::HOST)
+                .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+            let mut parts = req.uri().clone().into_parts();
+            parts.scheme = Some(if https {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            });
+            parts.authority =
+                Some(authority.unwrap_or_else(|| http::uri::Authority::from_static("upstream")));
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            }
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+        *req.version_mut() = Version::HTTP_2;
+        if crate::grpc::is_grpc(req.headers()) {
+            req.headers_mut()
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    } else if req.uri().scheme().is_some() {
+        if let Some(a) = req.uri().authority() {
+            if let Ok(h) = HeaderValue::from_str(a.as_str()) {
+                req.headers_mut().insert(header::HOST, h);
+            }
+        }
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(pq);
+        *req.version_mut() = Version::HTTP_11;
+        req.headers_mut().remove(header::TE);
     }
 }
 
@@ -510,11 +561,12 @@ async fn send(
                 }
             }
         };
-        if reused && !sender.is_ready() {
+        if reused && !sender.is_h2() && !sender.is_ready() {
             // Pooled connections are ready when pooled (`UpstreamBody::drop`); this one is
             // closing.
             continue;
         }
+        fit_request(&mut req, sender.is_h2(), up.config.tls.is_some());
         let in_flight = InFlight::new(ep.clone());
         let head = req.method() == Method::HEAD;
         let attempt = Instant::now();
@@ -544,7 +596,10 @@ async fn send(
             }
             Some(Ok(res)) => {
                 ep.metrics.duration.observe(attempt.elapsed().as_secs_f64());
-                let failure = res.status().is_server_error();
+                // gRPC UNAVAILABLE, DEADLINE_EXCEEDED and INTERNAL in a trailers-only answer
+                // are failures too.
+                let failure = res.status().is_server_error()
+                    || crate::grpc::status_of(res.headers()).is_some_and(crate::grpc::is_failure);
                 if failure {
                     ep.metrics.error.inc();
                 } else {
@@ -695,17 +750,19 @@ impl Drop for UpstreamBody {
             return;
         }
         let endpoint = self.in_flight.endpoint.clone();
-        if sender.is_ready() {
-            endpoint.pool.put_back(sender);
+        // An HTTP/2 stream slot frees itself when dropped.
+        let Sender::H1(h1) = sender else { return };
+        if h1.is_ready() {
+            endpoint.pool.put_back(Sender::H1(h1));
             return;
         }
         // hyper's connection task has not caught up yet, or the upstream answered before the
         // request body was all sent: pool the connection once it is ready, if that is soon.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let mut sender = sender;
-                if let Ok(Ok(())) = tokio::time::timeout(POOL_READY_WAIT, sender.ready()).await {
-                    endpoint.pool.put_back(sender);
+                let mut h1 = h1;
+                if let Ok(Ok(())) = tokio::time::timeout(POOL_READY_WAIT, h1.ready()).await {
+                    endpoint.pool.put_back(Sender::H1(h1));
                 }
             });
         }

@@ -65,12 +65,20 @@ impl Validator<'_> {
                 self.int_in(&Some(r.clone()), 443, 1..=65535, "redirect_https") as u16
             });
             if let Some(listen) = listen {
+                let h2c = lf.h2c.as_ref().is_some_and(|h| *h.get_ref());
+                if let (Some(h), true) = (&lf.h2c, h2c && tls.is_some()) {
+                    self.error(
+                        h.span(),
+                        "h2c is for plain listeners; a TLS listener offers HTTP/2 by ALPN",
+                    );
+                }
                 out.push(Listener {
                     name: name.to_string(),
                     listen,
                     tls,
                     redirect_https,
                     proxy_protocol,
+                    h2c,
                 });
             }
         }

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
+use std::sync::Arc;
 use toml::Spanned;
 
 use super::super::file::{self, BalancerKind, OnMissingKey, SlotsValue};
@@ -11,6 +12,7 @@ use super::super::{
     BreakerPolicy, HealthCheck, KeySpec, OutlierPolicy, Target, Upstream, SLOT_COUNT,
 };
 use super::*;
+use crate::config::{Protocol, UpstreamTls};
 
 impl Validator<'_> {
     // ===== upstreams =====
@@ -203,6 +205,25 @@ impl Validator<'_> {
             0..=100_000,
             "max_idle_per_target",
         ) as usize;
+        let protocol = match uf.protocol.as_ref().map(|p| (p.get_ref().as_str(), p)) {
+            None | Some(("http1", _)) => Protocol::Http1,
+            Some(("h2", _)) => Protocol::H2,
+            Some(("auto", _)) => Protocol::Auto,
+            Some((other, p)) => {
+                self.error(
+                    p.span(),
+                    format!("protocol must be \"http1\", \"h2\" or \"auto\", not {other:?}"),
+                );
+                Protocol::Http1
+            }
+        };
+        let tls = uf.tls.as_ref().and_then(|t| self.upstream_tls(t, protocol));
+        let h2_max_streams_per_connection = self.int_in(
+            &uf.h2_max_streams_per_connection,
+            100,
+            1..=100_000,
+            "h2_max_streams_per_connection",
+        ) as u32;
         let mut maglev_table_size = None;
         if let Some(m) = &uf.maglev_table_size {
             let size = *m.get_ref();
@@ -240,7 +261,86 @@ impl Validator<'_> {
             max_in_flight,
             max_pending,
             max_idle_per_target,
+            protocol,
+            tls,
+            h2_max_streams_per_connection,
         })
+    }
+
+    /// `tls = { ... }` of an upstream: read its files, build the client config (ALPN by
+    /// `protocol`), so a bad CA or key fails `check`.
+    pub(super) fn upstream_tls(
+        &mut self,
+        t: &Spanned<file::UpstreamTlsFile>,
+        protocol: Protocol,
+    ) -> Option<UpstreamTls> {
+        let tf = t.get_ref();
+        let mut files = Vec::new();
+        let mut read = |this: &mut Self, s: &Option<Spanned<String>>, what: &str| {
+            let s = s.as_ref()?;
+            let path = this.existing_file(s, what)?;
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    files.push((path, bytes.clone()));
+                    Some(bytes)
+                }
+                Err(e) => {
+                    this.error(s.span(), format!("{what} {:?}: {e}", s.get_ref()));
+                    None
+                }
+            }
+        };
+        let ca = read(self, &tf.ca_file, "ca_file");
+        let cert = read(self, &tf.client_cert, "client_cert");
+        let key = read(self, &tf.client_key, "client_key");
+        if tf.client_cert.is_some() != tf.client_key.is_some() {
+            self.error(t.span(), "client_cert and client_key go together");
+            return None;
+        }
+        let insecure_skip_verify = tf
+            .insecure_skip_verify
+            .as_ref()
+            .is_some_and(|i| *i.get_ref());
+        if let (Some(i), true) = (&tf.insecure_skip_verify, insecure_skip_verify) {
+            self.warn(
+                i.span(),
+                "insecure_skip_verify: the upstream's certificate is not verified (for tests only)",
+            );
+        }
+        if let Some(n) = &tf.server_name {
+            if rustls_pki_types::ServerName::try_from(n.get_ref().as_str()).is_err() {
+                self.error(
+                    n.span(),
+                    format!(
+                        "server_name {:?} is not a DNS name or IP address",
+                        n.get_ref()
+                    ),
+                );
+            }
+        }
+        let alpn: Vec<Vec<u8>> = match protocol {
+            Protocol::Http1 => vec![b"http/1.1".to_vec()],
+            Protocol::H2 => vec![b"h2".to_vec()],
+            Protocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        };
+        let built = crate::tls::client_config(&crate::tls::ClientTlsFiles {
+            ca: ca.as_deref(),
+            client: cert.as_deref().zip(key.as_deref()),
+            insecure_skip_verify,
+            alpn,
+        });
+        match built {
+            Ok(client) => Some(UpstreamTls {
+                client: Arc::new(client),
+                server_name: tf.server_name.as_ref().map(|n| n.get_ref().clone()),
+                insecure_skip_verify,
+                files,
+            }),
+            Err(e) => {
+                self.error(t.span(), format!("tls: {e}"));
+                None
+            }
+        }
     }
 
     pub(super) fn targets(
