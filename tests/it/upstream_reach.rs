@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{closed_port, gateway_cmd, require_package, Gateway, Proc};
+use crate::harness::{
+    closed_port, gateway_cmd, require_package, require_python_module, Gateway, Proc,
+};
 
 /// A test CA, a server certificate for localhost/127.0.0.1 and a client certificate, as PEM
 /// files in `dir`: (ca, server cert, server key, client cert, client key).
@@ -277,4 +279,286 @@ fn check_refuses_bad_tls_files_and_warns_on_insecure_skip_verify() {
         format!("{out}{err}").contains("insecure_skip_verify"),
         "check warns: {out}{err}"
     );
+}
+
+/// Python's grpcio (server and client, installed on demand) driving `tests/reference/grpc`.
+fn grpc_ready() {
+    require_python_module("grpc", "grpcio");
+    require_python_module("grpc_tools", "grpcio-tools");
+    require_python_module("grpc_health", "grpcio-health-checking");
+}
+
+fn grpc_script() -> PathBuf {
+    crate::harness::repo_root().join("tests/reference/grpc/grpc_echo.py")
+}
+
+/// The grpcio echo server on a free loopback port (h2c), ready to serve.
+fn grpc_server() -> (Proc, SocketAddr) {
+    use std::io::BufRead;
+    grpc_ready();
+    let addr = closed_port();
+    let mut child = Command::new("python3")
+        .arg(grpc_script())
+        .args(["server", &addr.port().to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the grpcio server");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "the grpcio server did not start");
+    (Proc(child), addr)
+}
+
+/// Run grpcio client checks against `target`; their results by name.
+fn grpc_client(target: &str, checks: &str, token: &str) -> serde_json::Value {
+    let out = Command::new("python3")
+        .arg(grpc_script())
+        .args(["client", target, checks, token])
+        .output()
+        .expect("run the grpcio client");
+    assert!(
+        out.status.success(),
+        "grpcio client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "grpcio client output ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn grpc_gateway(upstream: SocketAddr, pki: &Pki, tables: &str, route: &str) -> Gateway {
+    Gateway::start_with_env(
+        &format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "h2c"
+listen = "127.0.0.1:0"
+h2c = true
+
+[[listeners]]
+name = "https"
+listen = "127.0.0.1:0"
+tls = {{ certs = [{{ cert = "{cert}", key = "{key}" }}] }}
+{tables}
+[upstreams.grpc]
+protocol = "h2"
+targets = [{{ addr = "{upstream}" }}]
+
+[[routes]]
+name = "echo"
+match = {{ path_prefix = "/gwtest.Echo" }}
+upstream = "grpc"
+{route}
+"#,
+            cert = pki.server_cert.display(),
+            key = pki.server_key.display(),
+        ),
+        &[("GRPC_TEST_SECRET", "grpc-test-secret-0123456789abcdef")],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_of_every_kind_pass_through_h2c_and_tls_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let (mut server, upstream) = grpc_server();
+    let gw = grpc_gateway(upstream, &pki, "", "");
+    let targets = [
+        format!("h2c://{}", gw.addr("h2c")),
+        format!("tls://{}?ca={}", gw.addr("https"), pki.ca.display()),
+    ];
+    for target in &targets {
+        let r = grpc_client(
+            target,
+            "unary,client_stream,server_stream,bidi,deadline,fail",
+            "",
+        );
+        assert_eq!(r["unary"]["text"], "echo:hi", "{target}: {r}");
+        assert_eq!(
+            r["unary"]["trailers"]["x-echo-trailer"], "acme",
+            "{target}: metadata in, trailers out: {r}"
+        );
+        assert_eq!(r["client_stream"]["text"], "8 messages", "{target}: {r}");
+        assert_eq!(r["client_stream"]["count"], 8 << 20, "{target}: {r}");
+        assert_eq!(r["server_stream"]["parts"], 5, "{target}: {r}");
+        assert_eq!(
+            r["server_stream"]["bytes"],
+            5 * (512 << 10),
+            "{target}: {r}"
+        );
+        assert_eq!(
+            r["bidi"]["texts"].as_array().map(Vec::len),
+            Some(20),
+            "{target}: {r}"
+        );
+        assert_eq!(r["bidi"]["texts"][19], "echo:19");
+        assert_eq!(r["deadline"]["code"], "DEADLINE_EXCEEDED", "{target}: {r}");
+        assert_eq!(r["fail"]["code"], "FAILED_PRECONDITION", "{target}: {r}");
+    }
+    let text = gw.metrics_text().await;
+    assert!(
+        text.contains("gateway_grpc_responses_total{code=\"OK\",route=\"echo\"}"),
+        "{text}"
+    );
+    assert!(text
+        .contains("gateway_grpc_responses_total{code=\"FAILED_PRECONDITION\",route=\"echo\"} 2"));
+    // Few upstream connections for many calls: HTTP/2 multiplexing.
+    let conns = gw
+        .metric(&format!(
+            "gateway_upstream_connections{{protocol=\"h2\",target=\"{upstream}\",upstream=\"grpc\"}}"
+        ))
+        .await;
+    assert!(
+        (1.0..=2.0).contains(&conns),
+        "{conns} upstream HTTP/2 connections"
+    );
+    // The server dies: UNAVAILABLE, from the gateway, in trailers-only form.
+    drop(server.0.kill());
+    let _ = server.0.wait();
+    let r = grpc_client(&targets[0], "unary", "");
+    assert_eq!(r["unary"]["code"], "UNAVAILABLE", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_routes_keep_their_policies_with_grpc_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let (_server, upstream) = grpc_server();
+    // JWT from the `authorization` metadata.
+    let gw = grpc_gateway(
+        upstream,
+        &pki,
+        "[jwt.users]\nalgorithms = [\"HS256\"]\nsecret_env = \"GRPC_TEST_SECRET\"\n",
+        "jwt = \"users\"",
+    );
+    let target = format!("h2c://{}", gw.addr("h2c"));
+    let r = grpc_client(&target, "unary", "");
+    assert_eq!(r["unary"]["code"], "UNAUTHENTICATED", "{r}");
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "u1", "exp": crate::harness::unix_now() + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(b"grpc-test-secret-0123456789abcdef"),
+    )
+    .unwrap();
+    let r = grpc_client(&target, "unary", &token);
+    assert_eq!(r["unary"]["text"], "echo:hi", "{r}");
+    let text = gw.metrics_text().await;
+    assert!(
+        text.contains("gateway_grpc_responses_total{code=\"UNAUTHENTICATED\",route=\"echo\"} 1"),
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("grpc"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // A rate limit keyed on a metadata header.
+    let gw = grpc_gateway(
+        upstream,
+        &pki,
+        "[rate_limits.tenant]\nkey = \"header.x-tenant\"\nrate = 1\nper = \"1m\"\nburst = 3\n",
+        "rate_limit = \"tenant\"",
+    );
+    let r = grpc_client(&format!("h2c://{}", gw.addr("h2c")), "many10", "");
+    assert_eq!(r["many10"]["code"], "RESOURCE_EXHAUSTED", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_speaks_http2_with_prior_knowledge_to_an_h2c_listener() {
+    require_package("curl");
+    let b = crate::harness::backend("b").await;
+    let gw = Gateway::start(
+        &crate::harness::simple_config(&[b.addr], "")
+            .replace("name = \"http\"\n", "name = \"http\"\nh2c = true\n"),
+    );
+    let url = format!("http://{}/x", gw.addr("http"));
+    for (flag, want) in [
+        ("--http2-prior-knowledge", "HTTP/2 200"),
+        ("--http1.1", "HTTP/1.1 200"),
+    ] {
+        let out = Command::new("curl")
+            .args(["-s", "-i", flag, &url])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(text.starts_with(want), "{flag}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_streams_share_a_handful_of_http2_upstream_connections() {
+    let b = crate::harness::backend_with(backends::Options {
+        name: "h2".into(),
+        delay_ms: 300,
+        ..Default::default()
+    })
+    .await;
+    let gw = Gateway::start(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "https"
+listen = "127.0.0.1:0"
+tls = {{ self_signed = true }}
+
+[upstreams.app]
+protocol = "h2"
+targets = [{{ addr = "{}" }}]
+
+[[routes]]
+name = "all"
+upstream = "app"
+"#,
+        b.addr
+    ));
+    let mut calls = Vec::new();
+    for _ in 0..4 {
+        let tls = crate::client::tls_connect(
+            gw.addr("https"),
+            "localhost",
+            &[b"h2"],
+            rustls::ALL_VERSIONS,
+        )
+        .await;
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        for _ in 0..250 {
+            let mut sender = sender.clone();
+            calls.push(tokio::spawn(async move {
+                let req = http::Request::builder()
+                    .uri("https://localhost/m")
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap();
+                sender.ready().await.ok()?;
+                let res = sender.send_request(req).await.ok()?;
+                Some(res.status())
+            }));
+        }
+    }
+    let mut ok = 0;
+    for c in calls {
+        if c.await.unwrap() == Some(http::StatusCode::OK) {
+            ok += 1;
+        }
+    }
+    let conns = b.state.connections();
+    eprintln!("h2 upstream: 1000 streams, {ok} ok, {conns} upstream connections");
+    assert_eq!(ok, 1000);
+    assert!(conns <= 20, "{conns} upstream connections for 1000 streams");
 }

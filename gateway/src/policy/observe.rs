@@ -155,6 +155,7 @@ where
                 grpc_counted: true,
             })));
         };
+        let mut grpc_counted = !ctx.grpc;
         let res = match result {
             Ok(res) => res,
             Err(err) => {
@@ -172,6 +173,7 @@ where
                     let res = crate::grpc::trailers_only(reply, &err.public_message());
                     if let Some(code) = crate::grpc::status_of(res.headers()) {
                         ctx.obs.metrics.grpc.inc(code);
+                        grpc_counted = true;
                     }
                     res
                 } else {
@@ -203,8 +205,7 @@ where
             })));
         }
         // The upstream's answer: a trailers-only status is counted now, else from the trailers.
-        let mut grpc_counted = !ctx.grpc;
-        if ctx.grpc {
+        if !grpc_counted {
             if let Some(code) = crate::grpc::status_of(res.headers()) {
                 ctx.obs.metrics.grpc.inc(code);
                 grpc_counted = true;
