@@ -179,6 +179,29 @@ async fn tls_to_nginx_is_verified_against_the_ca_and_the_name() {
             .await;
         assert!(ok >= 1.0);
     }
+    // Health probes speak the upstream's protocol: over TLS, nginx stays up.
+    let gw = Gateway::start(
+        &tls_upstream_config(
+            &[addr],
+            &format!(
+                "{{ ca_file = \"{}\", server_name = \"localhost\" }}",
+                pki.ca.display()
+            ),
+            "auto",
+        )
+        .replace(
+            "[upstreams.secure]\n",
+            "[upstreams.secure]\nhealth = { path = \"/\", interval = \"200ms\", unhealthy_threshold = 1 }\n",
+        ),
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let up = gw
+        .metric(&format!(
+            "gateway_upstream_up{{target=\"{addr}\",upstream=\"secure\"}}"
+        ))
+        .await;
+    assert_eq!(up, 1.0, "an HTTPS upstream probed over TLS stays up");
+    assert!(!gw.lines.all().iter().any(|l| l.contains("target is down")));
     // A name the certificate does not hold fails verification: 502, the reason logged.
     let gw = Gateway::start(&tls_upstream_config(
         &[addr],
@@ -334,8 +357,18 @@ fn grpc_client(target: &str, checks: &str, token: &str) -> serde_json::Value {
 }
 
 fn grpc_gateway(upstream: SocketAddr, pki: &Pki, tables: &str, route: &str) -> Gateway {
-    Gateway::start_with_env(
-        &format!(
+    let (config, env) = grpc_gateway_config(upstream, pki, tables, route);
+    Gateway::start_with_env(&config, &env)
+}
+
+fn grpc_gateway_config(
+    upstream: SocketAddr,
+    pki: &Pki,
+    tables: &str,
+    route: &str,
+) -> (String, Vec<(&'static str, &'static str)>) {
+    (
+        format!(
             r#"
 [admin]
 listen = "127.0.0.1:0"
@@ -363,7 +396,7 @@ upstream = "grpc"
             cert = pki.server_cert.display(),
             key = pki.server_key.display(),
         ),
-        &[("GRPC_TEST_SECRET", "grpc-test-secret-0123456789abcdef")],
+        vec![("GRPC_TEST_SECRET", "grpc-test-secret-0123456789abcdef")],
     )
 }
 
@@ -561,4 +594,47 @@ upstream = "app"
     eprintln!("h2 upstream: 1000 streams, {ok} ok, {conns} upstream connections");
     assert_eq!(ok, 1000);
     assert!(conns <= 20, "{conns} upstream connections for 1000 streams");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_checks_take_a_target_down_and_up_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let (_server, upstream) = grpc_server();
+    let (config, env) = grpc_gateway_config(upstream, &pki, "", "");
+    let health = "health = { grpc = true, service = \"gwtest.Echo\", interval = \"200ms\", timeout = \"1s\", healthy_threshold = 1, unhealthy_threshold = 1 }";
+    let gw = Gateway::start_with_env(
+        &config.replace(
+            "[upstreams.grpc]\n",
+            &format!("[upstreams.grpc]\n{health}\n"),
+        ),
+        &env,
+    );
+    let up = format!("gateway_upstream_up{{target=\"{upstream}\",upstream=\"grpc\"}}");
+    let wait_for = |want: f64| {
+        let (gw, up) = (&gw, up.clone());
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while gw.metric(&up).await != want {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{up} never became {want}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_for(1.0).await;
+    let direct = format!("h2c://{upstream}");
+    grpc_client(&direct, "health:NOT_SERVING", "");
+    wait_for(0.0).await;
+    grpc_client(&direct, "health:SERVING", "");
+    wait_for(1.0).await;
+    let events = gw.events("health").await;
+    assert!(
+        events.iter().any(|e| e["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not SERVING"))),
+        "{events:?}"
+    );
 }

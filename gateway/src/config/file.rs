@@ -282,6 +282,8 @@ pub struct HealthFile {
     pub timeout: Option<Spanned<String>>,
     pub healthy_threshold: Option<Spanned<i64>>,
     pub unhealthy_threshold: Option<Spanned<i64>>,
+    pub grpc: Option<Spanned<bool>>,
+    pub service: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -298,6 +298,10 @@ pub struct HealthCheck {
     pub timeout: Duration,
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
+    /// `grpc = true`: grpc.health.v1.Health/Check over HTTP/2 instead of a GET on `path`.
+    pub grpc: bool,
+    /// The service asked about (`""`: the server as a whole).
+    pub service: String,
 }
 
 /// Passive outlier detection.

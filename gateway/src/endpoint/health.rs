@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::{Endpoint, ProbeResult};
+use crate::body::ReqBody;
 use crate::clock;
 use crate::config::HealthCheck;
 
@@ -49,7 +50,11 @@ pub fn spawn(upstream: Weak<dyn Watcher>, endpoint: Weak<Endpoint>, policy: Heal
                 // A newer config generation probes this endpoint now.
                 return;
             }
-            let result = probe(ep.addr, &policy.path, policy.timeout).await;
+            let result = if policy.grpc || ep.pool.is_tls() || ep.pool.is_h2_only() {
+                probe_via_pool(&ep, &policy).await
+            } else {
+                probe(ep.addr, &policy.path, policy.timeout).await
+            };
             let ok = result.ok;
             ep.set_last_probe(result);
             if ok {
@@ -134,6 +139,93 @@ pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> ProbeResu
         error,
         duration_ms: started.elapsed().as_millis() as u64,
     }
+}
+
+/// One probe over the endpoint's own protocol (TLS, HTTP/2): a GET on `path`, or with
+/// `grpc = true` a `grpc.health.v1.Health/Check` for `service` (SERVING passes).
+pub async fn probe_via_pool(ep: &Endpoint, policy: &HealthCheck) -> ProbeResult {
+    use http_body_util::BodyExt;
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(policy.timeout, async {
+        let mut sender = ep
+            .pool
+            .probe_sender(policy.timeout)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let host = HeaderValue::from_str(&ep.addr.to_string()).map_err(|e| e.to_string())?;
+        let mut req = if policy.grpc {
+            // HealthCheckRequest { service = 1 }, in gRPC's length-prefixed framing.
+            let service = policy.service.as_bytes();
+            let mut msg = Vec::with_capacity(service.len() + 8);
+            if !service.is_empty() {
+                msg.push(0x0a);
+                push_varint(&mut msg, service.len() as u64);
+                msg.extend_from_slice(service);
+            }
+            let mut framed = Vec::with_capacity(msg.len() + 5);
+            framed.push(0);
+            framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+            framed.extend_from_slice(&msg);
+            Request::post("/grpc.health.v1.Health/Check")
+                .header(header::HOST, host)
+                .header(header::CONTENT_TYPE, "application/grpc")
+                .header(header::USER_AGENT, "gateway-health-check")
+                .body(ReqBody::from_bytes(Bytes::from(framed)))
+                .map_err(|e| e.to_string())?
+        } else {
+            Request::get(policy.path.as_str())
+                .header(header::HOST, host)
+                .header(header::USER_AGENT, "gateway-health-check")
+                .body(ReqBody::empty())
+                .map_err(|e| e.to_string())?
+        };
+        super::pool::fit_request(&mut req, sender.is_h2(), ep.pool.is_tls());
+        let res = sender
+            .try_send_request(req)
+            .await
+            .map_err(|e| e.into_error().to_string())?;
+        let status = res.status().as_u16();
+        if !policy.grpc {
+            return Ok::<(u16, Option<String>), String>((status, None));
+        }
+        let header_status = res.headers().get("grpc-status").cloned();
+        let body = res.into_body().collect().await.map_err(|e| e.to_string())?;
+        let grpc_status = body
+            .trailers()
+            .and_then(|t| t.get("grpc-status").cloned())
+            .or(header_status)
+            .and_then(|v| v.to_str().ok().and_then(|s| s.parse::<u32>().ok()));
+        let bytes = body.to_bytes();
+        // HealthCheckResponse { status = 1 }: SERVING is 1.
+        let serving = bytes.len() >= 7 && bytes[5] == 0x08 && bytes[6] == 1;
+        match (grpc_status, serving) {
+            (Some(0), true) => Ok((status, None)),
+            (Some(0), false) => Ok((503, Some("health service: not SERVING".into()))),
+            (code, _) => Ok((503, Some(format!("health service: grpc-status {code:?}")))),
+        }
+    })
+    .await;
+    let (status, error) = match outcome {
+        Ok(Ok((s, None))) => (Some(s), None),
+        Ok(Ok((s, Some(why)))) => (Some(s), Some(why)),
+        Ok(Err(e)) => (None, Some(e)),
+        Err(_) => (None, Some(format!("timed out after {:?}", policy.timeout))),
+    };
+    ProbeResult {
+        at_ms: clock::now_ms(),
+        ok: error.is_none() && status.is_some_and(|s| (200..400).contains(&s)),
+        status,
+        error,
+        duration_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
+fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 /// Probe a sample backend: healthy, then down through its control endpoint.

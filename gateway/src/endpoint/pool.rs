@@ -20,7 +20,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use futures_util::future::Either;
-use http::{Request, Response};
+use http::{header, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -248,6 +248,25 @@ impl Pool {
         self.idle.as_ref().map_or(0, ArrayQueue::len) + self.h2.load().len()
     }
 
+    /// A sender for a health probe: a stream on an open HTTP/2 connection, else a new
+    /// connection (HTTP/2 ones join the pool, HTTP/1.1 ones close after the probe).
+    pub async fn probe_sender(&self, timeout: Duration) -> io::Result<Sender> {
+        if let Some(s) = self.h2_slot() {
+            return Ok(s);
+        }
+        self.connect(timeout).await
+    }
+
+    /// Whether this endpoint speaks only HTTP/2 (`protocol = "h2"`).
+    pub fn is_h2_only(&self) -> bool {
+        self.dialer.protocol == Protocol::H2
+    }
+
+    /// Whether this endpoint is reached over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.dialer.tls.is_some()
+    }
+
     /// A sender on a new connection (or, for HTTP/2, on one another request opened
     /// meanwhile). Its I/O runs on a task of its own.
     pub async fn connect(&self, timeout: Duration) -> io::Result<Sender> {
@@ -357,6 +376,53 @@ impl Pool {
             gauge.dec();
         });
         Ok(Sender::H1(sender))
+    }
+}
+
+/// Shape the request for the connection it goes on: HTTP/2 wants the scheme and authority in
+/// the URI (no `Host`) and `te: trailers` for gRPC; HTTP/1.1 the origin-form and `Host`. A
+/// request that came back unsent may go on the other kind, so both directions are handled.
+pub fn fit_request(req: &mut Request<ReqBody>, h2: bool, https: bool) {
+    if h2 {
+        if req.uri().scheme().is_none() {
+            let authority = req
+                .headers_mut()
+                .remove(header::HOST)
+                .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+            let mut parts = req.uri().clone().into_parts();
+            parts.scheme = Some(if https {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            });
+            parts.authority =
+                Some(authority.unwrap_or_else(|| http::uri::Authority::from_static("upstream")));
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            }
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+        *req.version_mut() = Version::HTTP_2;
+        if crate::grpc::is_grpc(req.headers()) {
+            req.headers_mut()
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    } else if req.uri().scheme().is_some() {
+        if let Some(a) = req.uri().authority() {
+            if let Ok(h) = HeaderValue::from_str(a.as_str()) {
+                req.headers_mut().insert(header::HOST, h);
+            }
+        }
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(pq);
+        *req.version_mut() = Version::HTTP_11;
+        req.headers_mut().remove(header::TE);
     }
 }
 

@@ -354,53 +354,6 @@ async fn proxy_request(
     }
 }
 
-/// Shape the request for the connection it goes on: HTTP/2 wants the scheme and authority in
-/// the URI (no `Host`) and `te: trailers` for gRPC; HTTP/1.1 the origin-form and `Host`. A
-/// request that came back unsent may go on the other kind, so both directions are handled.
-fn fit_request(req: &mut Request<ReqBody>, h2: bool, https: bool) {
-    if h2 {
-        if req.uri().scheme().is_none() {
-            let authority = req
-                .headers_mut()
-                .remove(header::HOST)
-                .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
-            let mut parts = req.uri().clone().into_parts();
-            parts.scheme = Some(if https {
-                http::uri::Scheme::HTTPS
-            } else {
-                http::uri::Scheme::HTTP
-            });
-            parts.authority =
-                Some(authority.unwrap_or_else(|| http::uri::Authority::from_static("upstream")));
-            if parts.path_and_query.is_none() {
-                parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-            }
-            if let Ok(uri) = Uri::from_parts(parts) {
-                *req.uri_mut() = uri;
-            }
-        }
-        *req.version_mut() = Version::HTTP_2;
-        if crate::grpc::is_grpc(req.headers()) {
-            req.headers_mut()
-                .insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-    } else if req.uri().scheme().is_some() {
-        if let Some(a) = req.uri().authority() {
-            if let Ok(h) = HeaderValue::from_str(a.as_str()) {
-                req.headers_mut().insert(header::HOST, h);
-            }
-        }
-        let pq = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(pq);
-        *req.version_mut() = Version::HTTP_11;
-        req.headers_mut().remove(header::TE);
-    }
-}
-
 /// What a failed client body means for the client's answer.
 fn client_body_error(e: &(dyn std::error::Error + 'static)) -> GatewayError {
     if caused_by::<BodyTooLarge>(e) {
@@ -566,7 +519,7 @@ async fn send(
             // closing.
             continue;
         }
-        fit_request(&mut req, sender.is_h2(), up.config.tls.is_some());
+        crate::endpoint::pool::fit_request(&mut req, sender.is_h2(), up.config.tls.is_some());
         let in_flight = InFlight::new(ep.clone());
         let head = req.method() == Method::HEAD;
         let attempt = Instant::now();

@@ -24,8 +24,15 @@ import echo_pb2  # noqa: E402
 import echo_pb2_grpc  # noqa: E402
 
 
+HEALTH = None
+
+
 class Echo(echo_pb2_grpc.EchoServicer):
     def Unary(self, req, ctx):
+        if req.text.startswith("health:"):
+            from grpc_health.v1 import health_pb2
+            HEALTH.set("gwtest.Echo", health_pb2.HealthCheckResponse.ServingStatus.Value(req.text[7:]))
+            return echo_pb2.Msg(text="health set")
         if req.delay_ms:
             time.sleep(req.delay_ms / 1000)
         md = dict(ctx.invocation_metadata())
@@ -56,7 +63,8 @@ def serve(port):
                          options=[("grpc.max_receive_message_length", 64 << 20),
                                   ("grpc.max_send_message_length", 64 << 20)])
     echo_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
-    h = health.HealthServicer()
+    global HEALTH
+    h = HEALTH = health.HealthServicer()
     h.set("gwtest.Echo", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(h, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -104,6 +112,9 @@ def run(target, checks, token):
             elif check == "fail":
                 stub.Unary(echo_pb2.Msg(text="fail"), metadata=md, timeout=10)
                 out[check] = {"code": "OK"}
+            elif check.startswith("health:"):
+                r = stub.Unary(echo_pb2.Msg(text=check), timeout=10)
+                out[check] = {"text": r.text}
             elif check.startswith("many"):
                 n = int(check[len("many"):] or 20)
                 oks = 0

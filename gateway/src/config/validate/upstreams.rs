@@ -134,6 +134,11 @@ impl Validator<'_> {
                     1..=100,
                     "unhealthy_threshold",
                 ) as u32,
+                grpc: hf.grpc.as_ref().is_some_and(|g| *g.get_ref()),
+                service: hf
+                    .service
+                    .as_ref()
+                    .map_or(String::new(), |s| s.get_ref().clone()),
             }
         });
         let outlier = uf.outlier.as_ref().map(|o| {
@@ -218,6 +223,15 @@ impl Validator<'_> {
             }
         };
         let tls = uf.tls.as_ref().and_then(|t| self.upstream_tls(t, protocol));
+        let h2_possible = protocol == Protocol::H2 || (protocol == Protocol::Auto && tls.is_some());
+        if let (Some(h), Some(true)) = (&uf.health, health.as_ref().map(|h| h.grpc)) {
+            if !h2_possible {
+                self.error(
+                    h.span(),
+                    "health grpc = true needs HTTP/2 to the upstream: protocol = \"h2\", or \"auto\" with tls",
+                );
+            }
+        }
         let h2_max_streams_per_connection = self.int_in(
             &uf.h2_max_streams_per_connection,
             100,
