@@ -40,6 +40,58 @@ pub struct Options {
     pub fail_rate: f64,
     /// When set, answer with exactly this many bytes of filler instead of the JSON echo.
     pub body_bytes: Option<u64>,
+    /// Serve TLS (ALPN h2 and http/1.1) instead of plain HTTP/1.1 + h2c.
+    pub tls: Option<TlsOptions>,
+}
+
+/// `--tls-cert F --tls-key F [--client-ca F]`.
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// With it, a client certificate from this CA is required.
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+/// The TLS server config of `--tls-cert/--tls-key/--client-ca`.
+fn tls_acceptor(t: &TlsOptions) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{what}: {e}"))
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
+        .map_err(|e| bad("--tls-cert", &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad("--tls-cert", &e))?;
+    let key = PrivateKeyDer::from_pem_file(&t.key).map_err(|e| bad("--tls-key", &e))?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("tls", &e))?;
+    let builder = match &t.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad("--client-ca", &e))? {
+                roots
+                    .add(c.map_err(|e| bad("--client-ca", &e))?)
+                    .map_err(|e| bad("--client-ca", &e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| bad("--client-ca", &e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| bad("--tls-cert/--tls-key", &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 
 /// Live state of one backend, shared by its connections and by in-process controllers.
@@ -140,7 +192,8 @@ pub fn spawn(listener: TcpListener, opts: &Options) -> std::io::Result<Handle> {
     let addr = listener.local_addr()?;
     let state = Arc::new(State::new(opts));
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(serve(listener, state.clone(), stopped));
+    let tls = opts.tls.as_ref().map(tls_acceptor).transpose()?;
+    let task = tokio::spawn(serve_with(listener, state.clone(), stopped, tls));
     Ok(Handle {
         addr,
         state,
@@ -150,7 +203,18 @@ pub fn spawn(listener: TcpListener, opts: &Options) -> std::io::Result<Handle> {
 }
 
 /// Serve until `stop` turns true (or its sender is dropped); then close every connection.
-pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, state: Arc<State>, stop: watch::Receiver<bool>) {
+    serve_with(listener, state, stop, None).await;
+}
+
+/// `serve`, over TLS when `tls` is set (HTTP/2 or HTTP/1.1 by ALPN); in plain text HTTP/1.1
+/// and h2c (prior knowledge) on the same port.
+async fn serve_with(
+    listener: TcpListener,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -160,15 +224,27 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Re
                 state.connections.fetch_add(1, Ordering::Relaxed);
                 state.open.fetch_add(1, Ordering::Relaxed);
                 let state = state.clone();
+                let tls = tls.clone();
                 conns.spawn(async move {
                     let _open = OpenConn(state.clone());
                     let svc = hyper::service::service_fn(move |req| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(handle(&state, req).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(tls) = acceptor.accept(stream).await else { return };
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                                .await;
+                        }
+                    }
                 });
             }
             changed = stop.changed() => {
@@ -416,8 +492,9 @@ pub fn run_until_signal(listen: SocketAddr, opts: &Options) -> std::io::Result<(
         let listener = TcpListener::bind(listen).await?;
         let handle = spawn(listener, opts)?;
         eprintln!(
-            "backend {} listening on http://{}",
+            "backend {} listening on {}://{}",
             handle.state.name(),
+            if opts.tls.is_some() { "https" } else { "http" },
             handle.addr
         );
         shutdown_signal().await;

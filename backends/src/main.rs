@@ -27,6 +27,15 @@ struct Args {
     /// Answer with exactly N bytes of filler instead of the JSON echo
     #[arg(long)]
     body_bytes: Option<u64>,
+    /// Serve TLS with this PEM certificate chain (ALPN h2 and http/1.1)
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Require a client certificate from this PEM CA (with --tls-cert)
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -40,6 +49,14 @@ fn main() -> ExitCode {
         delay_ms: args.delay_ms,
         fail_rate: args.fail_rate,
         body_bytes: args.body_bytes,
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| backends::TlsOptions {
+                cert,
+                key,
+                client_ca: args.client_ca,
+            }),
     };
     match backends::run_until_signal(args.listen, &opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,11 @@ use crate::config::{self, Config, Mode};
 /// The demo config, built in so `gateway demo` works from any directory.
 pub const DEMO_TOML: &str = include_str!("../../config/demo.toml");
 
+/// The demo CA and the HTTPS sample service's certificate (demo only: the key is public).
+const DEMO_CA: &str = include_str!("../../config/certs/demo-ca.pem");
+const DEMO_SERVER_CERT: &str = include_str!("../../config/certs/demo-server.pem");
+const DEMO_SERVER_KEY: &str = include_str!("../../config/certs/demo-server.key");
+
 /// The demo's JWT secret (demo only: anyone can read it here).
 pub const DEMO_JWT_SECRET_ENV: &str = "GATEWAY_DEMO_JWT_SECRET";
 const DEMO_JWT_SECRET: &str = "demo-only-secret-do-not-use-in-production-0123456789";
@@ -19,14 +24,20 @@ pub fn run(path: Option<PathBuf>) -> Result<(), String> {
         std::env::set_var(DEMO_JWT_SECRET_ENV, DEMO_JWT_SECRET);
     }
     let default = PathBuf::from("config/demo.toml");
+    let mut certs = PathBuf::from("config/certs");
     let loaded = match path {
         Some(p) => config::load(&p, Mode::Run),
         None if default.exists() => config::load(&default, Mode::Run),
-        None => config::load_str(
-            Path::new("config/demo.toml (built in)"),
-            DEMO_TOML,
-            Mode::Run,
-        ),
+        None => {
+            // Outside a checkout the demo's certificates come from the binary, written to a
+            // temporary directory the built-in config then names.
+            certs = tempdir_with_certs()?;
+            config::load_str(
+                Path::new("config/demo.toml (built in)"),
+                &DEMO_TOML.replace("config/certs/", &format!("{}/", certs.display())),
+                Mode::Run,
+            )
+        }
     }
     .map_err(|errors| errors.join("\n"))?;
     let config = loaded.config;
@@ -37,7 +48,7 @@ pub fn run(path: Option<PathBuf>) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async move {
-        let backends = start_backends(&config).await?;
+        let backends = start_backends(&config, &certs).await?;
         let bound = crate::server::bind(&config)?;
         print_banner(&config, &bound, backends.len(), token.as_deref());
         let result = crate::server::serve(config, bound, backends::shutdown_signal()).await;
@@ -49,9 +60,24 @@ pub fn run(path: Option<PathBuf>) -> Result<(), String> {
     })
 }
 
+/// The demo's certificates, written to a fresh directory under the system's temp dir.
+fn tempdir_with_certs() -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("gateway-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for (name, text) in [
+        ("demo-ca.pem", DEMO_CA),
+        ("demo-server.pem", DEMO_SERVER_CERT),
+        ("demo-server.key", DEMO_SERVER_KEY),
+    ] {
+        std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(dir)
+}
+
 /// One sample backend per target and backup address of the config, named after the target
-/// (`users-0`) or as its replica (`users-0-replica`).
-async fn start_backends(config: &Config) -> Result<Vec<backends::Handle>, String> {
+/// (`users-0`) or as its replica (`users-0-replica`). Upstreams reached over TLS get HTTPS
+/// backends with the demo certificate.
+async fn start_backends(config: &Config, certs: &Path) -> Result<Vec<backends::Handle>, String> {
     let mut handles = Vec::new();
     for u in &config.upstreams {
         for t in &u.targets {
@@ -70,6 +96,11 @@ async fn start_backends(config: &Config) -> Result<Vec<backends::Handle>, String
                     .map_err(|e| format!("backend {name}: cannot listen on {addr}: {e}"))?;
                 let opts = backends::Options {
                     name,
+                    tls: u.tls.as_ref().map(|_| backends::TlsOptions {
+                        cert: certs.join("demo-server.pem"),
+                        key: certs.join("demo-server.key"),
+                        client_ca: None,
+                    }),
                     ..backends::Options::default()
                 };
                 handles.push(backends::spawn(listener, &opts).map_err(|e| e.to_string())?);
@@ -141,6 +172,12 @@ fn print_banner(
                 "  curl -si http://{addr}/api/orders/7                        # without the token: 401\n"
             ));
         }
+        out.push_str(&format!(
+            "  curl -s http://{addr}/api/inventory/items                  # to an HTTPS service, certificate verified\n"
+        ));
+        out.push_str(&format!(
+            "  curl -s http://{addr}/api/catalog/books                    # to an HTTP/2 service, multiplexed\n"
+        ));
         out.push_str(&format!(
             "  curl -si http://{addr}/nowhere                             # 404 with a request id\n"
         ));

@@ -17,7 +17,7 @@ fn the_demo_config_passes_on_a_fresh_clone() {
     let (code, out, err) = gateway_cmd(&["check", "-c", "config/demo.toml"], &repo_root());
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.starts_with("config/demo.toml: ok: 2 listeners, 2 routes, 2 upstreams"),
+        out.starts_with("config/demo.toml: ok: 2 listeners, 4 routes, 4 upstreams"),
         "{out}"
     );
 }

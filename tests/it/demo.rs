@@ -94,6 +94,13 @@ fn the_demo_starts_and_its_printed_curl_lines_work() {
             assert!(body.contains("\"target\": \"users-"), "{cmd}: {body}");
         } else if curl.contains("/api/users") {
             assert!(body.contains("\"served_by\":\"users-"), "{cmd}: {body}");
+        } else if curl.contains("/api/inventory") {
+            assert!(
+                body.contains("\"served_by\":\"inventory-a\""),
+                "{cmd}: {body}"
+            );
+        } else if curl.contains("/api/catalog") {
+            assert!(body.contains("\"served_by\":\"catalog-"), "{cmd}: {body}");
         }
         if curl.contains("/nowhere") {
             assert!(
