@@ -10,6 +10,8 @@
 //! * `h1`: HTTP/1.1 keep-alive, `wrk -t1 -c50`, saturating;
 //! * `h1_rate`: HTTP/1.1 at a fixed 2,000 req/s (`hey -q`), for latency at moderate load;
 //! * `h2`: HTTPS + HTTP/2, `h2load -c50 -m10`, saturating;
+//! * `h2_h2` (gateway and HAProxy; nginx cannot proxy to HTTP/2 upstreams): the same load,
+//!   and HTTP/2 to the origin too (the gateway's `protocol = "h2"`, HAProxy's `proto h2`);
 //! * `tls_new`: a new TLS connection per request (`wrk` with `Connection: close` over https):
 //!   full TLS 1.3 handshakes (X25519, ECDSA P-256), since wrk does not resume TLS 1.3 sessions;
 //! * `idle_10k`: RSS with 10,000 idle keep-alive connections (one request each, then idle);
@@ -163,6 +165,15 @@ balancer = "consistent_hash"
 hash_on = "header.x-user-id"
 targets = [{{ addr = "{origin}", id = "shard-a" }}]
 
+[upstreams.h2up]
+protocol = "h2"
+targets = [{{ addr = "{origin}" }}]
+
+[[routes]]
+name = "h2up"
+match = {{ path_prefix = "/h2up" }}
+upstream = "h2up"
+
 [[routes]]
 name = "full"
 match = {{ path_prefix = "/full" }}
@@ -278,10 +289,14 @@ defaults
 frontend plain
   bind {http}
   bind {https} ssl crt {pem} alpn h2,http/1.1
+  use_backend origin_h2 if {{ path_beg /h2up }}
   default_backend origin
 
 backend origin
   server o {origin}
+
+backend origin_h2
+  server o {origin} proto h2
 "#,
         pem = tls.pem.display(),
     );
@@ -435,7 +450,7 @@ fn h1_rate(p: &Running, secs: u64) -> Sample {
     })
 }
 
-fn h2(p: &Running, requests: u64) -> Sample {
+fn h2(p: &Running, requests: u64, path: &str) -> Sample {
     measure(p, || {
         let out = load(
             "0",
@@ -449,7 +464,7 @@ fn h2(p: &Running, requests: u64) -> Sample {
                 "10".into(),
                 "-t".into(),
                 "1".into(),
-                format!("https://127.0.0.1:{}/", p.https.port()),
+                format!("https://127.0.0.1:{}{path}", p.https.port()),
             ],
         );
         let mut rps = 0.0;
@@ -644,7 +659,10 @@ fn main() {
             };
             put("h1", h1(&p, "/", &[], secs));
             put("h1_rate", h1_rate(&p, secs));
-            put("h2", h2(&p, 20_000 * secs));
+            put("h2", h2(&p, 20_000 * secs, "/"));
+            if name != "nginx" {
+                put("h2_h2", h2(&p, 20_000 * secs, "/h2up/"));
+            }
             put("tls_new", tls_new(&p, secs));
             if name == "gateway" {
                 let headers = [
@@ -668,7 +686,7 @@ fn main() {
         };
     let mut table = String::new();
     table.push_str("| scenario | proxy | req/s | p50 ms | p99 ms | CPU s / 100k req | × nginx CPU | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n");
-    let scenarios = ["h1", "h1_full", "h1_rate", "h2", "tls_new"];
+    let scenarios = ["h1", "h1_full", "h1_rate", "h2", "h2_h2", "tls_new"];
     for scenario in scenarios {
         let nginx_cpu = stat("nginx", scenario, &|s| s.cpu_per_100k)
             .or_else(|| stat("nginx", "h1", &|s| s.cpu_per_100k))
@@ -685,7 +703,7 @@ fn main() {
                 .filter(|n| *n > 0.0 && cpu.0 > 0.0)
                 .map_or("–".to_string(), |n| format!("{:.2}", cpu.0 / n));
             // h2load gives a mean, not percentiles: shown in the p50 column, marked.
-            let (p50, p99) = if scenario == "h2" {
+            let (p50, p99) = if scenario.starts_with("h2") {
                 (format!("{:.2} (mean)", p50.0), "–".to_string())
             } else {
                 (format!("{:.2}", p50.0), format!("{:.2}", p99.0))
