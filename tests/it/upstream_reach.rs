@@ -638,3 +638,91 @@ async fn grpc_health_checks_take_a_target_down_and_up_again() {
         "{events:?}"
     );
 }
+
+/// An HTTP/2 origin (hyper, prior knowledge) that says GOAWAY on each connection after
+/// `per_conn` requests, as servers being redeployed or rebalancing do.
+async fn goaway_origin(
+    per_conn: usize,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            counted.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let served = Arc::new(AtomicUsize::new(0));
+                let enough = Arc::new(tokio::sync::Notify::new());
+                let (s, e) = (served.clone(), enough.clone());
+                let svc = hyper::service::service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| {
+                        let (s, e) = (s.clone(), e.clone());
+                        async move {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            if s.fetch_add(1, Ordering::Relaxed) + 1 == per_conn {
+                                e.notify_one();
+                            }
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                            ))
+                        }
+                    },
+                );
+                let conn =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    () = enough.notified() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goaway_from_an_http2_upstream_loses_no_request() {
+    let (origin, conns) = goaway_origin(25).await;
+    let gw = Gateway::start(
+        &crate::harness::simple_config(&[origin], "")
+            .replace("[upstreams.app]\n", "[upstreams.app]\nprotocol = \"h2\"\n"),
+    );
+    let addr = gw.addr("http");
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        calls.push(tokio::spawn(async move {
+            let mut ok = 0;
+            let mut conn = crate::client::H1::connect(addr).await;
+            for _ in 0..50 {
+                let r = conn
+                    .send(crate::client::request("GET", "/", &[], bytes::Bytes::new()))
+                    .await
+                    .unwrap();
+                if r.status == 200 {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for c in calls {
+        ok += c.await.unwrap();
+    }
+    let opened = conns.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("GOAWAY every 25 requests: 400 requests, {ok} ok, {opened} upstream connections");
+    assert_eq!(ok, 400, "requests failed across upstream GOAWAYs");
+    assert!(
+        opened >= 8,
+        "the origin did not go away as planned: {opened}"
+    );
+}

@@ -197,7 +197,8 @@ impl Pool {
     fn h2_slot(&self) -> Option<Sender> {
         let conns = self.h2.load();
         for c in conns.iter() {
-            if c.sender.is_closed() {
+            // Closed, or going away (the server sent GOAWAY): new streams go elsewhere.
+            if c.sender.is_closed() || !c.sender.is_ready() {
                 continue;
             }
             if c.streams.fetch_add(1, Ordering::AcqRel) < self.dialer.max_streams {

@@ -354,6 +354,23 @@ async fn proxy_request(
     }
 }
 
+/// Streams the server refused on HTTP/2 are sent again at most this often per attempt.
+const MAX_REFUSALS: u32 = 2;
+
+/// An HTTP/2 stream the server never processed: refused (REFUSED_STREAM), or cut by a
+/// GOAWAY whose last stream id is below it.
+fn is_refused(err: &hyper::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(h) = e.downcast_ref::<h2::Error>() {
+            return h.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h.is_go_away() && h.reason() == Some(h2::Reason::NO_ERROR));
+        }
+        cur = e.source();
+    }
+    false
+}
+
 /// What a failed client body means for the client's answer.
 fn client_body_error(e: &(dyn std::error::Error + 'static)) -> GatewayError {
     if caused_by::<BodyTooLarge>(e) {
@@ -490,6 +507,7 @@ async fn send(
     let Some(permit) = permit else {
         return Attempt::NotSent(req, None);
     };
+    let mut refusals = 0;
     loop {
         let (mut sender, reused) = match ep.pool.take_idle() {
             Some(s) => (s, true),
@@ -520,6 +538,21 @@ async fn send(
             continue;
         }
         crate::endpoint::pool::fit_request(&mut req, sender.is_h2(), up.config.tls.is_some());
+        // On HTTP/2 a stream the server refuses (GOAWAY, REFUSED_STREAM) was never processed:
+        // it is sent again on another connection, when its body can be sent again.
+        let again = if sender.is_h2() && refusals < MAX_REFUSALS {
+            let replay = req.body().replay();
+            replay.body().is_some().then(|| {
+                (
+                    req.method().clone(),
+                    req.uri().clone(),
+                    req.headers().clone(),
+                    replay,
+                )
+            })
+        } else {
+            None
+        };
         let in_flight = InFlight::new(ep.clone());
         let head = req.method() == Method::HEAD;
         let attempt = Instant::now();
@@ -605,6 +638,19 @@ async fn send(
                     return Attempt::NotSent(req, Some(io::Error::other(e.into_error())));
                 }
                 let err = e.into_error();
+                if let (true, Some((method, uri, headers, replay))) = (is_refused(&err), again) {
+                    if let Some(body) = replay.body() {
+                        refusals += 1;
+                        let mut r = Request::new(body);
+                        *r.method_mut() = method;
+                        *r.uri_mut() = uri;
+                        *r.headers_mut() = headers;
+                        *r.version_mut() = Version::HTTP_2;
+                        req = r;
+                        drop(in_flight);
+                        continue;
+                    }
+                }
                 if caused_by::<BodyTooLarge>(&err) {
                     return Attempt::Done(Err(GatewayError::BodyTooLarge));
                 }
