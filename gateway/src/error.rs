@@ -48,6 +48,8 @@ pub enum GatewayError {
     BodyTimeout,
     #[error("buffering the request body would pass max_buffered_bytes")]
     BufferFull,
+    #[error("CORS preflight refused")]
+    CorsRefused,
 }
 
 /// nginx's "client closed request": logged and counted, never seen by the client.
@@ -74,6 +76,7 @@ impl GatewayError {
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BufferFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::CorsRefused => StatusCode::FORBIDDEN,
         }
     }
 
@@ -98,6 +101,7 @@ impl GatewayError {
             Self::RateLimited(_) => "rate limited",
             Self::BodyTimeout => "request body timed out",
             Self::BufferFull => "gateway busy, retry",
+            Self::CorsRefused => "CORS preflight refused",
         })
     }
 
@@ -121,6 +125,7 @@ impl GatewayError {
             Self::RateLimited(_) => "rate_limited",
             Self::BodyTimeout => "body_timeout",
             Self::BufferFull => "buffer_full",
+            Self::CorsRefused => "cors_refused",
         }
     }
 

@@ -102,6 +102,7 @@ pub struct Metrics {
     pub upstream_tls_handshakes_total: IntCounterVec,
     pub upstream_connections: IntGaugeVec,
     pub grpc_responses_total: IntCounterVec,
+    pub cors_preflights_total: IntCounterVec,
     /// (name, help, type) of every family, to expose the ones with no series yet.
     families: Vec<(String, String, &'static str)>,
 }
@@ -329,6 +330,11 @@ impl Metrics {
                 "gRPC responses by grpc-status name (the upstream's, or the gateway's own).",
                 &["route", "code"],
             ),
+            cors_preflights_total: r.counter(
+                "gateway_cors_preflights_total",
+                "CORS preflights answered by the gateway, by outcome.",
+                &["route", "outcome"],
+            ),
             families: r.families,
             registry,
         };
@@ -417,6 +423,7 @@ impl Metrics {
         prune_vec(&self.upstream_tls_handshakes_total, &gone);
         prune_vec(&self.upstream_connections, &gone);
         prune_vec(&self.grpc_responses_total, &gone);
+        prune_vec(&self.cors_preflights_total, &gone);
     }
 
     /// Forget a listener's certificate series (its certificates are about to be set anew).
@@ -438,6 +445,16 @@ impl Metrics {
             }
         }
         out
+    }
+
+    /// `gateway_cors_preflights_total` of one route: (allowed, refused), both at 0.
+    pub fn cors(&self, route: &str) -> (IntCounter, IntCounter) {
+        let c = |o: &str| {
+            let c = self.cors_preflights_total.with_label_values(&[route, o]);
+            c.inc_by(0);
+            c
+        };
+        (c("allowed"), c("refused"))
     }
 
     /// Handles for one route.

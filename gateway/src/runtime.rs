@@ -224,16 +224,31 @@ impl Runtime {
                 .find(|u| u.name == r.upstream)
                 .cloned()
                 .ok_or_else(|| format!("route {:?}: upstream {:?} missing", r.name, r.upstream))?;
+            let cors = r.cors.as_ref().and_then(|n| config.cors.get(n)).map(|p| {
+                let (allowed, refused) = metrics.cors(&r.name);
+                Arc::new(crate::policy::cors::CorsRt::new(
+                    p.clone(),
+                    allowed,
+                    refused,
+                ))
+            });
             let obs = Arc::new(RouteObs {
                 name: r.name.as_str().into(),
                 metrics: metrics.route(&r.name),
                 trusted_proxies: trusted.clone(),
+                cors: cors.clone(),
+                response_headers: r.response_headers.clone(),
             });
             let failures = (r.policies.jwt.is_some() || r.policies.api_key.is_some())
                 .then(|| Arc::new(AuthFailures::new(metrics, &r.name)));
             let policies = stack::RoutePolicies {
                 ip_filter: (!r.allow_ips.is_empty() || !r.deny_ips.is_empty())
                     .then(|| IpFilterLayer::new(r.allow_ips.clone(), r.deny_ips.clone())),
+                cors: cors.map(crate::policy::cors::CorsLayer::new),
+                request_headers: r
+                    .request_headers
+                    .clone()
+                    .map(crate::policy::headers::RequestHeadersLayer::new),
                 integrity: r
                     .policies
                     .integrity
@@ -289,6 +304,8 @@ impl Runtime {
             name: "none".into(),
             metrics: metrics.route("none"),
             trusted_proxies: trusted,
+            cors: None,
+            response_headers: None,
         }));
         let table = RouteTable::new(config.routes.iter().map(|r| r.matcher.clone()).collect());
         let router = crate::route::Router::new(

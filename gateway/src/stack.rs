@@ -3,9 +3,10 @@
 //! ```text
 //! edge_stack:  request id → router ─┬─ route_stack (first matching route)
 //!                                   └─ fallback_stack (404, or 308 on redirect listeners)
-//! route_stack: observe (log, metrics, errors → JSON) → body limit → ip allow/deny → jwt
-//!              → api key → integrity → rate limit → rewrite → upstream (balancer,
-//!              endpoint, pooled client, retries)
+//! route_stack: observe (log, metrics, errors → JSON, CORS and response-header decoration)
+//!              → ip allow/deny → CORS preflight → body limit → jwt → api key → integrity
+//!              → rate limit → request headers → rewrite → upstream (balancer, endpoint,
+//!              pooled client, retries)
 //! ```
 //! Stacks are built once per config generation (`runtime.rs`), never per request.
 
@@ -51,10 +52,12 @@ pub fn edge_stack(ids: Arc<Snowflake>, trust_request_id: bool, router: EdgeRoute
 #[derive(Default)]
 pub struct RoutePolicies {
     pub ip_filter: Option<IpFilterLayer>,
+    pub cors: Option<crate::policy::cors::CorsLayer>,
     pub jwt: Option<JwtLayer>,
     pub api_key: Option<ApiKeyLayer>,
     pub integrity: Option<IntegrityLayer>,
     pub rate_limit: Option<RateLimitLayer>,
+    pub request_headers: Option<crate::policy::headers::RequestHeadersLayer>,
 }
 
 /// One route: its policies in order, down to its upstream.
@@ -69,12 +72,14 @@ pub fn route_stack(
     let keeps_path = forward.upstream.config.hash_on == Some(KeySpec::Path);
     let svc = ServiceBuilder::new()
         .layer(ObserveLayer::new(obs))
-        .layer(BodyLimitLayer::new(max_body_bytes))
         .option_layer(policies.ip_filter)
+        .option_layer(policies.cors)
+        .layer(BodyLimitLayer::new(max_body_bytes))
         .option_layer(policies.jwt)
         .option_layer(policies.api_key)
         .option_layer(policies.integrity)
         .option_layer(policies.rate_limit)
+        .option_layer(policies.request_headers)
         .layer(RewriteLayer::new(
             strip_prefix,
             keeps_path,

@@ -21,6 +21,7 @@ mod rate_limit;
 mod reload;
 mod resilience;
 mod restart;
+mod route_policies;
 mod security;
 mod status_page;
 mod upstream_reach;

@@ -33,6 +33,8 @@ pub struct File {
     pub rate_limits: BTreeMap<Name, Spanned<RateLimitFile>>,
     pub redis: Option<Spanned<RedisFile>>,
     #[serde(default)]
+    pub cors: BTreeMap<Name, Spanned<CorsFile>>,
+    #[serde(default)]
     pub upstreams: BTreeMap<Name, Spanned<UpstreamFile>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RouteFile>>,
@@ -326,6 +328,30 @@ pub struct RouteFile {
     pub deny_ips: Option<Spanned<Vec<Spanned<String>>>>,
     pub websocket: Option<Spanned<bool>>,
     pub host_rewrite: Option<Spanned<String>>,
+    pub request_headers: Option<Spanned<HeaderRulesFile>>,
+    pub response_headers: Option<Spanned<HeaderRulesFile>>,
+    pub cors: Option<Name>,
+}
+
+/// `request_headers` / `response_headers` of a route.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRulesFile {
+    pub set: Option<BTreeMap<Name, Spanned<String>>>,
+    pub add: Option<BTreeMap<Name, Spanned<String>>>,
+    pub remove: Option<Vec<Spanned<String>>>,
+}
+
+/// `[cors.NAME]`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsFile {
+    pub allow_origins: Spanned<Vec<Spanned<String>>>,
+    pub allow_methods: Option<Vec<Spanned<String>>>,
+    pub allow_headers: Option<Vec<Spanned<String>>>,
+    pub expose_headers: Option<Vec<Spanned<String>>>,
+    pub allow_credentials: Option<Spanned<bool>>,
+    pub max_age: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

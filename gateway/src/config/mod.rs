@@ -47,6 +47,7 @@ pub struct Config {
     pub integrity: BTreeMap<String, IntegrityPolicy>,
     pub rate_limits: BTreeMap<String, RateLimitPolicy>,
     pub redis: Option<RedisConfig>,
+    pub cors: BTreeMap<String, CorsPolicy>,
     /// The file as JSON with secrets redacted, for `GET /admin/config`.
     pub redacted: serde_json::Value,
 }
@@ -508,6 +509,49 @@ pub struct Route {
     pub deny_ips: Vec<IpNet>,
     /// Upgrade requests (`Upgrade: websocket`) are tunnelled to the upstream.
     pub websocket: bool,
+    /// Set, added and removed on the request after the policies, before forwarding.
+    pub request_headers: Option<HeaderRules>,
+    /// Set, added and removed on every response of the route.
+    pub response_headers: Option<HeaderRules>,
+    /// The `[cors.NAME]` the route answers with.
+    pub cors: Option<String>,
+}
+
+/// `set` replaces, `add` appends, `remove` deletes; values are literal.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeaderRules {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderRules {
+    /// Apply the rules to a header map: remove, then set, then add.
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for n in &self.remove {
+            headers.remove(n);
+        }
+        for (n, v) in &self.set {
+            headers.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            headers.append(n.clone(), v.clone());
+        }
+    }
+}
+
+/// A `[cors.NAME]` policy (SPEC §8.4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CorsPolicy {
+    /// Exact origins; `any` for `["*"]`.
+    pub origins: Vec<String>,
+    pub any_origin: bool,
+    pub methods: Vec<Method>,
+    /// Lower-case names.
+    pub headers: Vec<String>,
+    pub expose: Vec<String>,
+    pub credentials: bool,
+    pub max_age: Duration,
 }
 
 /// Names of the policy tables a route uses; `None` is off.

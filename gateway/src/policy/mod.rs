@@ -6,6 +6,8 @@
 
 pub mod api_key;
 pub mod body_limit;
+pub mod cors;
+pub mod headers;
 pub mod integrity;
 pub mod ip_filter;
 pub mod jwt;

@@ -31,6 +31,10 @@ pub struct RouteObs {
     pub name: Arc<str>,
     pub metrics: RouteMetrics,
     pub trusted_proxies: Arc<[IpNet]>,
+    /// The route's CORS policy: every answer is decorated for the request's `Origin`.
+    pub cors: Option<Arc<crate::policy::cors::CorsRt>>,
+    /// `response_headers`: applied to every answer of the route, the gateway's own included.
+    pub response_headers: Option<crate::config::HeaderRules>,
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +106,13 @@ where
             status: 0,
             reason: None,
             grpc: crate::grpc::is_grpc(req.headers()),
+            origin: self
+                .obs
+                .cors
+                .as_ref()
+                .and_then(|_| req.headers().get(http::header::ORIGIN).cloned()),
+            preflight: self.obs.cors.is_some()
+                && crate::policy::cors::is_preflight(req.method(), req.headers()),
         };
         ObserveFuture {
             inner: self.inner.call(req),
@@ -123,6 +134,10 @@ struct LogCtx {
     reason: Option<&'static str>,
     /// A gRPC request: the gateway's own answers go in trailers-only form, statuses counted.
     grpc: bool,
+    /// The request's `Origin`, on CORS routes.
+    origin: Option<HeaderValue>,
+    /// A CORS preflight (answered whole by the CORS layer; not decorated again).
+    preflight: bool,
 }
 
 pin_project_lite::pin_project! {
@@ -213,6 +228,13 @@ where
         }
         if res.extensions().get::<crate::ctx::Degraded>().is_some() {
             ctx.reason = Some("fallback");
+        }
+        let mut res = res;
+        if let Some(rules) = &ctx.obs.response_headers {
+            rules.apply(res.headers_mut());
+        }
+        if let (Some(cors), false) = (&ctx.obs.cors, ctx.preflight) {
+            cors.decorate(ctx.origin.as_ref(), res.headers_mut());
         }
         ctx.status = res.status().as_u16();
         Poll::Ready(Ok(res.map(|inner| ObservedBody {

@@ -124,7 +124,7 @@ where
                 }
                 Ok(Cow::Borrowed(_)) => {
                     let p = path::match_path(parts.uri.path());
-                    found = self.inner.table.find(&parts, &p);
+                    found = find_route(&self.inner.table, &parts, &p);
                 }
                 Ok(Cow::Owned(normal)) => match rewrite::with_path(&parts.uri, &normal) {
                     Ok(uri) => {
@@ -133,7 +133,7 @@ where
                         }
                         parts.uri = uri;
                         let p = path::match_path(parts.uri.path());
-                        found = self.inner.table.find(&parts, &p);
+                        found = find_route(&self.inner.table, &parts, &p);
                     }
                     Err(_) => {
                         parts
@@ -149,6 +149,30 @@ where
         };
         svc.clone().oneshot(Request::from_parts(parts, body))
     }
+}
+
+/// The route for a request; a CORS preflight matches as if its method were the one it asks
+/// about (SPEC §8.4), so it reaches the route whose CORS policy answers it.
+fn find_route(table: &RouteTable, parts: &http::request::Parts, path: &str) -> Option<usize> {
+    let asked = is_preflight(&parts.method, &parts.headers)
+        .then(|| {
+            parts
+                .headers
+                .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+                .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
+        })
+        .flatten();
+    match asked {
+        Some(m) => table.find_as(parts, &m, path),
+        None => table.find(parts, path),
+    }
+}
+
+/// A CORS preflight (SPEC §8.4): `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
+pub fn is_preflight(method: &http::Method, headers: &HeaderMap) -> bool {
+    method == http::Method::OPTIONS
+        && headers.contains_key(header::ORIGIN)
+        && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 /// Forged identity headers go (on every route, whatever its policies), and a `Connection`

@@ -25,6 +25,14 @@ impl RouteTable {
             .position(|m| matches(m, &parts.method, host, path, &parts.headers))
     }
 
+    /// `find`, with `method` in place of the request's (CORS preflights).
+    pub fn find_as(&self, parts: &Parts, method: &Method, path: &str) -> Option<usize> {
+        let host = request_host(&parts.uri, &parts.headers);
+        self.matches
+            .iter()
+            .position(|m| matches(m, method, host, path, &parts.headers))
+    }
+
     /// Same as `find`, from loose inputs (for `/admin/explain`).
     pub fn find_by(
         &self,

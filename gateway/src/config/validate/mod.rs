@@ -252,7 +252,15 @@ impl Validator<'_> {
         let limits = self.limits(&f.limits);
         let (jwt, api_keys, integrity, rate_limits, redis) = self.policies(f);
         let upstreams = self.upstreams(&f.upstreams);
-        let routes = self.routes(f, &upstreams);
+        let cors = self.cors_tables(&f.cors);
+        let mut identity: Vec<http::HeaderName> = crate::config::FIXED_IDENTITY_HEADERS
+            .iter()
+            .map(|n| http::HeaderName::from_static(n))
+            .collect();
+        for p in jwt.values() {
+            identity.extend(p.claims_to_headers.iter().map(|(_, h)| h.clone()));
+        }
+        let routes = self.routes(f, &upstreams, &identity);
         Config {
             path: PathBuf::from(self.src.path),
             server,
@@ -266,6 +274,7 @@ impl Validator<'_> {
             integrity,
             rate_limits,
             redis,
+            cors,
             redacted: redacted_view(f),
         }
     }

@@ -12,6 +12,8 @@ use super::super::{
     RateLimitPolicy, RedisConfig, Source, Store,
 };
 use super::*;
+use crate::config::CorsPolicy;
+use http::Method;
 
 impl Validator<'_> {
     /// The policy tables: JWT, API keys, integrity, rate limits, and the Redis store they may share.
@@ -418,6 +420,97 @@ impl Validator<'_> {
         if !valid_name(name.get_ref()) {
             self.error(name.span(), bad_name_message(table, name.get_ref()));
         }
+    }
+
+    /// The `[cors.NAME]` tables.
+    pub(super) fn cors_tables(
+        &mut self,
+        tables: &BTreeMap<file::Name, Spanned<file::CorsFile>>,
+    ) -> BTreeMap<String, CorsPolicy> {
+        let mut out = BTreeMap::new();
+        for (name, t) in tables {
+            self.policy_name(name, "cors");
+            let cf = t.get_ref();
+            let mut origins = Vec::new();
+            let mut any_origin = false;
+            for o in cf.allow_origins.get_ref() {
+                let text = o.get_ref();
+                if text == "*" {
+                    any_origin = true;
+                } else if !(text.starts_with("http://") || text.starts_with("https://"))
+                    || text.ends_with('/')
+                    || text.contains(' ')
+                {
+                    self.error(
+                        o.span(),
+                        format!("origin {text:?} must be scheme://host[:port], without a path (or \"*\")"),
+                    );
+                } else {
+                    origins.push(text.to_ascii_lowercase());
+                }
+            }
+            if cf.allow_origins.get_ref().is_empty() {
+                self.error(
+                    cf.allow_origins.span(),
+                    "allow_origins is empty: nothing would be allowed",
+                );
+            }
+            let credentials = cf.allow_credentials.as_ref().is_some_and(|c| *c.get_ref());
+            if any_origin && credentials {
+                let span = cf.allow_credentials.as_ref().map_or(t.span(), |c| c.span());
+                self.error(
+                    span,
+                    "allow_credentials = true with allow_origins = [\"*\"]: browsers refuse it; list the origins",
+                );
+            }
+            let methods = match &cf.allow_methods {
+                None => vec![Method::GET, Method::HEAD, Method::POST],
+                Some(list) => list
+                    .iter()
+                    .filter_map(|m| match Method::from_bytes(m.get_ref().as_bytes()) {
+                        Ok(method) if m.get_ref().bytes().all(|b| !b.is_ascii_lowercase()) => {
+                            Some(method)
+                        }
+                        _ => {
+                            self.error(
+                                m.span(),
+                                format!("{:?} is not an HTTP method (upper-case)", m.get_ref()),
+                            );
+                            None
+                        }
+                    })
+                    .collect(),
+            };
+            let names = |this: &mut Self, list: &Option<Vec<Spanned<String>>>| -> Vec<String> {
+                list.iter()
+                    .flatten()
+                    .filter_map(|h| {
+                        let lower = h.get_ref().to_ascii_lowercase();
+                        if HeaderName::from_bytes(lower.as_bytes()).is_err() {
+                            this.error(h.span(), format!("{:?} is not a header name", h.get_ref()));
+                            return None;
+                        }
+                        Some(lower)
+                    })
+                    .collect()
+            };
+            let headers = names(self, &cf.allow_headers);
+            let expose = names(self, &cf.expose_headers);
+            let max_age = self.duration(&cf.max_age, Duration::from_secs(600));
+            out.insert(
+                name.get_ref().clone(),
+                CorsPolicy {
+                    origins,
+                    any_origin,
+                    methods,
+                    headers,
+                    expose,
+                    credentials,
+                    max_age,
+                },
+            );
+        }
+        out
     }
 }
 

@@ -12,11 +12,18 @@ use super::super::{
     Upstream,
 };
 use super::*;
+use crate::config::HeaderRules;
+use std::collections::BTreeMap;
 
 impl Validator<'_> {
     // ===== routes =====
 
-    pub(super) fn routes(&mut self, f: &file::File, upstreams: &[Upstream]) -> Vec<Route> {
+    pub(super) fn routes(
+        &mut self,
+        f: &file::File,
+        upstreams: &[Upstream],
+        identity: &[HeaderName],
+    ) -> Vec<Route> {
         let mut out = Vec::new();
         let mut names: HashSet<&str> = HashSet::new();
         let known: Vec<&str> = f.upstreams.keys().map(|k| k.get_ref().as_str()).collect();
@@ -50,6 +57,7 @@ impl Validator<'_> {
             self.policy_ref(name, "api_key", &rf.api_key, f.api_keys.keys());
             self.policy_ref(name, "integrity", &rf.integrity, f.integrity.keys());
             self.policy_ref(name, "rate_limit", &rf.rate_limit, f.rate_limits.keys());
+            self.policy_ref(name, "cors", &rf.cors, f.cors.keys());
 
             let matcher = rf
                 .matcher
@@ -131,9 +139,81 @@ impl Validator<'_> {
                 allow_ips,
                 deny_ips,
                 websocket,
+                request_headers: rf
+                    .request_headers
+                    .as_ref()
+                    .map(|h| self.header_rules(h, "request_headers", identity)),
+                response_headers: rf
+                    .response_headers
+                    .as_ref()
+                    .map(|h| self.header_rules(h, "response_headers", identity)),
+                cors: rf.cors.as_ref().map(|n| n.get_ref().clone()),
             });
         }
         out
+    }
+
+    /// `request_headers` / `response_headers`: names and values must be valid; hop-by-hop
+    /// names, `host`, `content-length` and the protected names of SPEC §8.2 are refused.
+    pub(super) fn header_rules(
+        &mut self,
+        h: &Spanned<file::HeaderRulesFile>,
+        what: &str,
+        identity: &[HeaderName],
+    ) -> HeaderRules {
+        const HOP_BY_HOP: [&str; 8] = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+        ];
+        let hf = h.get_ref();
+        let name = |this: &mut Self, n: &Spanned<String>| -> Option<HeaderName> {
+            let lower = n.get_ref().to_ascii_lowercase();
+            let Ok(hn) = HeaderName::from_bytes(lower.as_bytes()) else {
+                this.error(n.span(), format!("{:?} is not a header name", n.get_ref()));
+                return None;
+            };
+            let refused = HOP_BY_HOP.contains(&lower.as_str())
+                || lower == "host"
+                || lower == "content-length"
+                || crate::config::PROTECTED_HEADERS.contains(&lower.as_str())
+                || identity.contains(&hn);
+            if refused {
+                this.error(
+                    n.span(),
+                    format!("{what} may not name {lower:?} (hop-by-hop, framing, or set only by the gateway)"),
+                );
+                return None;
+            }
+            Some(hn)
+        };
+        let pairs = |this: &mut Self,
+                     map: &Option<BTreeMap<file::Name, Spanned<String>>>|
+         -> Vec<(HeaderName, HeaderValue)> {
+            let mut out = Vec::new();
+            for (n, v) in map.iter().flatten() {
+                let Some(hn) = name(this, n) else { continue };
+                match HeaderValue::from_str(v.get_ref()) {
+                    Ok(hv) => out.push((hn, hv)),
+                    Err(_) => this.error(v.span(), "not a valid header value"),
+                }
+            }
+            out
+        };
+        let set = pairs(self, &hf.set);
+        let add = pairs(self, &hf.add);
+        let mut remove = Vec::new();
+        for n in hf.remove.iter().flatten() {
+            if let Some(hn) = name(self, n) {
+                remove.push(hn);
+            }
+        }
+        HeaderRules { set, add, remove }
     }
 
     pub(super) fn retry(&mut self, r: &Spanned<file::RetryFile>) -> RetryPolicy {

@@ -1,0 +1,265 @@
+//! Everyday route policies (SPEC §8.4): request and response header rules, CORS.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::client::{request, send};
+use crate::harness::{full, gateway_cmd, origin, Gateway};
+
+type Seen = Arc<Mutex<Vec<(String, http::HeaderMap)>>>;
+
+/// An origin that records what it receives and answers with CORS headers of its own (which
+/// the gateway must replace on CORS routes) and a `server` header.
+async fn recording_origin() -> (std::net::SocketAddr, Seen) {
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let addr = origin(move |req: http::Request<hyper::body::Incoming>| {
+        let log = log.clone();
+        async move {
+            log.lock()
+                .unwrap()
+                .push((req.method().to_string(), req.headers().clone()));
+            let mut res = http::Response::new(full("origin"));
+            res.headers_mut()
+                .insert("server", "origin/1.0".parse().unwrap());
+            res.headers_mut().insert(
+                "access-control-allow-origin",
+                "https://upstream-says.example".parse().unwrap(),
+            );
+            res
+        }
+    })
+    .await;
+    (addr, seen)
+}
+
+fn config(up: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[jwt.users]
+algorithms = ["HS256"]
+secret_env = "ROUTE_POLICY_SECRET"
+
+[cors.web]
+allow_origins = ["https://app.example.com"]
+allow_methods = ["GET", "PUT"]
+allow_headers = ["x-token", "content-type"]
+expose_headers = ["x-trace"]
+allow_credentials = true
+max_age = "5m"
+
+[upstreams.app]
+targets = [{{ addr = "{up}" }}]
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/api", methods = ["GET", "PUT"] }}
+upstream = "app"
+cors = "web"
+request_headers = {{ set = {{ "x-env" = "prod" }}, add = {{ "x-tag" = "gw" }}, remove = ["x-debug"] }}
+response_headers = {{ set = {{ "strict-transport-security" = "max-age=31536000" }}, remove = ["server"] }}
+
+[[routes]]
+name = "private"
+match = {{ path_prefix = "/private" }}
+upstream = "app"
+cors = "web"
+jwt = "users"
+response_headers = {{ set = {{ "strict-transport-security" = "max-age=31536000" }} }}
+"#
+    )
+}
+
+fn start(up: std::net::SocketAddr) -> Gateway {
+    Gateway::start_with_env(
+        &config(up),
+        &[(
+            "ROUTE_POLICY_SECRET",
+            "route-policy-secret-0123456789abcdef",
+        )],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_rules_shape_requests_and_every_response_of_the_route() {
+    let (up, seen) = recording_origin().await;
+    let gw = start(up);
+    let addr = gw.addr("http");
+    let res = send(
+        addr,
+        request(
+            "GET",
+            "/api/x",
+            &[("x-debug", "1"), ("x-env", "dev"), ("x-tag", "client")],
+            Bytes::new(),
+        ),
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    let h = seen.lock().unwrap()[0].1.clone();
+    assert_eq!(h["x-env"], "prod", "set replaces");
+    let tags: Vec<&str> = h
+        .get_all("x-tag")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["client", "gw"], "add appends");
+    assert!(h.get("x-debug").is_none(), "remove deletes");
+    assert_eq!(res.header("strict-transport-security"), "max-age=31536000");
+    assert!(
+        res.headers.get("server").is_none(),
+        "the upstream's server header is removed"
+    );
+    // The gateway's own answers on the route get them too.
+    let res = send(addr, request("GET", "/private/x", &[], Bytes::new())).await;
+    assert_eq!(res.status, 401);
+    assert_eq!(res.header("strict-transport-security"), "max-age=31536000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_are_answered_never_forwarded_and_responses_decorated() {
+    let (up, seen) = recording_origin().await;
+    let gw = start(up);
+    let addr = gw.addr("http");
+    let preflight = |origin: &'static str, method: &'static str, headers: &'static str| {
+        let mut h = vec![
+            ("origin", origin),
+            ("access-control-request-method", method),
+        ];
+        if !headers.is_empty() {
+            h.push(("access-control-request-headers", headers));
+        }
+        send(addr, request("OPTIONS", "/api/items", &h, Bytes::new()))
+    };
+    // Allowed: 204 with the policy; matched as a PUT (the route takes GET and PUT, not OPTIONS).
+    let res = preflight("https://app.example.com", "PUT", "X-Token, content-type").await;
+    assert_eq!(res.status, 204, "{:?}", res.body);
+    assert_eq!(
+        res.header("access-control-allow-origin"),
+        "https://app.example.com"
+    );
+    assert_eq!(res.header("access-control-allow-methods"), "GET, PUT");
+    assert_eq!(
+        res.header("access-control-allow-headers"),
+        "x-token, content-type"
+    );
+    assert_eq!(res.header("access-control-max-age"), "300");
+    assert_eq!(res.header("access-control-allow-credentials"), "true");
+    assert_eq!(res.header("vary"), "Origin");
+    // Refused: another origin, a method or a header not allowed.
+    for (o, m, h) in [
+        ("https://evil.example", "PUT", ""),
+        ("https://app.example.com", "GET", "x-secret"),
+    ] {
+        let res = preflight(o, m, h).await;
+        assert_eq!(res.status, 403, "{o} {m} {h}");
+        assert!(res.headers.get("access-control-allow-origin").is_none());
+    }
+    assert!(seen.lock().unwrap().is_empty(), "a preflight was forwarded");
+    // An actual request from an allowed origin: the upstream's CORS headers are replaced.
+    let res = send(
+        addr,
+        request(
+            "GET",
+            "/api/items",
+            &[("origin", "https://app.example.com")],
+            Bytes::new(),
+        ),
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    assert_eq!(
+        res.header("access-control-allow-origin"),
+        "https://app.example.com"
+    );
+    assert_eq!(res.header("access-control-expose-headers"), "x-trace");
+    assert_eq!(res.header("access-control-allow-credentials"), "true");
+    assert!(res.header("vary").contains("Origin"));
+    // From another origin: no allow headers, the upstream's removed, Vary still there.
+    let res = send(
+        addr,
+        request(
+            "GET",
+            "/api/items",
+            &[("origin", "https://evil.example")],
+            Bytes::new(),
+        ),
+    )
+    .await;
+    assert!(res.headers.get("access-control-allow-origin").is_none());
+    assert!(res.header("vary").contains("Origin"));
+    // The gateway's own errors are decorated too (a browser can read the 401).
+    let res = send(
+        addr,
+        request(
+            "GET",
+            "/private/x",
+            &[("origin", "https://app.example.com")],
+            Bytes::new(),
+        ),
+    )
+    .await;
+    assert_eq!(res.status, 401);
+    assert_eq!(
+        res.header("access-control-allow-origin"),
+        "https://app.example.com"
+    );
+    let text = gw.metrics_text().await;
+    assert!(
+        text.contains("gateway_cors_preflights_total{outcome=\"allowed\",route=\"api\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("gateway_cors_preflights_total{outcome=\"refused\",route=\"api\"} 2"));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[test]
+fn check_refuses_dangerous_header_rules_and_star_with_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("g.toml");
+    for (route_extra, tables, want) in [
+        (
+            "request_headers = { set = { \"x-request-id\" = \"1\" } }",
+            "",
+            "may not name \"x-request-id\"",
+        ),
+        ("request_headers = { remove = [\"Host\"] }", "", "may not name \"host\""),
+        (
+            "response_headers = { set = { \"transfer-encoding\" = \"chunked\" } }",
+            "",
+            "may not name \"transfer-encoding\"",
+        ),
+        (
+            "request_headers = { set = { \"x-user\" = \"a\" } }",
+            "[jwt.j]\nalgorithms = [\"HS256\"]\nsecret_env = \"NOPE\"\nclaims_to_headers = { sub = \"x-user\" }\n",
+            "may not name \"x-user\"",
+        ),
+        (
+            "cors = \"open\"",
+            "[cors.open]\nallow_origins = [\"*\"]\nallow_credentials = true\n",
+            "allow_credentials = true with allow_origins = [\"*\"]",
+        ),
+        ("cors = \"missing\"", "", "cors"),
+    ] {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[[listeners]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\n\n{tables}\n[upstreams.app]\ntargets = [{{ addr = \"127.0.0.1:9\" }}]\n\n[[routes]]\nname = \"r\"\nupstream = \"app\"\n{route_extra}\n"
+            ),
+        )
+        .unwrap();
+        let (code, out, err) = gateway_cmd(&["check", "-c", cfg.to_str().unwrap()], dir.path());
+        assert_ne!(code, 0, "{route_extra}: {out}");
+        assert!(err.contains(want), "{route_extra}: {err}");
+        assert!(err.contains("g.toml:"), "FILE:LINE:COL: {err}");
+    }
+}
