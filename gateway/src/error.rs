@@ -50,6 +50,8 @@ pub enum GatewayError {
     BufferFull,
     #[error("CORS preflight refused")]
     CorsRefused,
+    #[error("client certificate required")]
+    ClientCertRequired,
 }
 
 /// nginx's "client closed request": logged and counted, never seen by the client.
@@ -76,7 +78,7 @@ impl GatewayError {
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BufferFull => StatusCode::SERVICE_UNAVAILABLE,
-            Self::CorsRefused => StatusCode::FORBIDDEN,
+            Self::CorsRefused | Self::ClientCertRequired => StatusCode::FORBIDDEN,
         }
     }
 
@@ -102,6 +104,7 @@ impl GatewayError {
             Self::BodyTimeout => "request body timed out",
             Self::BufferFull => "gateway busy, retry",
             Self::CorsRefused => "CORS preflight refused",
+            Self::ClientCertRequired => "client certificate required",
         })
     }
 
@@ -126,6 +129,7 @@ impl GatewayError {
             Self::BodyTimeout => "body_timeout",
             Self::BufferFull => "buffer_full",
             Self::CorsRefused => "cors_refused",
+            Self::ClientCertRequired => "client_cert_required",
         }
     }
 

@@ -4,7 +4,8 @@
 //! edge_stack:  request id → router ─┬─ route_stack (first matching route)
 //!                                   └─ fallback_stack (404, or 308 on redirect listeners)
 //! route_stack: observe (log, metrics, errors → JSON, CORS and response-header decoration)
-//!              → ip allow/deny → CORS preflight → body limit → jwt → api key → integrity
+//!              → ip allow/deny → CORS preflight → body limit → jwt → api key
+//!              → client certificate → integrity
 //!              → rate limit → request headers → rewrite → upstream (balancer, endpoint,
 //!              pooled client, retries)
 //! ```
@@ -57,6 +58,7 @@ pub struct RoutePolicies {
     pub api_key: Option<ApiKeyLayer>,
     pub integrity: Option<IntegrityLayer>,
     pub rate_limit: Option<RateLimitLayer>,
+    pub client_cert: Option<crate::policy::client_cert::ClientCertLayer>,
     pub request_headers: Option<crate::policy::headers::RequestHeadersLayer>,
 }
 
@@ -77,6 +79,7 @@ pub fn route_stack(
         .layer(BodyLimitLayer::new(max_body_bytes))
         .option_layer(policies.jwt)
         .option_layer(policies.api_key)
+        .option_layer(policies.client_cert)
         .option_layer(policies.integrity)
         .option_layer(policies.rate_limit)
         .option_layer(policies.request_headers)

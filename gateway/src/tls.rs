@@ -260,3 +260,124 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// The verifier of client certificates at the edge: chains to the CA certificates in `pem`.
+/// `required = false` still asks for a certificate and verifies one that is sent (an invalid
+/// one fails the handshake), but lets a client without one in (routes decide).
+pub fn client_verifier(
+    pem: &[u8],
+    required: bool,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate found (expected PEM \"BEGIN CERTIFICATE\")".into());
+    }
+    for c in certs {
+        roots.add(c).map_err(|e| e.to_string())?;
+    }
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    let builder = if required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// A verified client certificate as the upstream sees it (SPEC §8.4): the subject in RFC 4514
+/// form (as `openssl x509 -noout -subject -nameopt RFC2253` prints it) and the lower-case hex
+/// SHA-256 of the DER.
+pub fn client_identity(der: &[u8]) -> Option<(String, String)> {
+    use std::fmt::Write;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let mut rdns: Vec<String> = Vec::new();
+    for rdn in cert.subject().iter_rdn() {
+        let parts: Vec<String> = rdn
+            .iter()
+            .map(|atv| {
+                let oid = atv.attr_type();
+                let name = match oid.to_id_string().as_str() {
+                    "2.5.4.3" => "CN".to_string(),
+                    "2.5.4.6" => "C".to_string(),
+                    "2.5.4.7" => "L".to_string(),
+                    "2.5.4.8" => "ST".to_string(),
+                    "2.5.4.10" => "O".to_string(),
+                    "2.5.4.11" => "OU".to_string(),
+                    "2.5.4.9" => "street".to_string(),
+                    "0.9.2342.19200300.100.1.25" => "DC".to_string(),
+                    "0.9.2342.19200300.100.1.1" => "UID".to_string(),
+                    "1.2.840.113549.1.9.1" => "emailAddress".to_string(),
+                    other => other.to_string(),
+                };
+                let value = atv.as_str().map_or_else(
+                    |_| {
+                        let mut hex = String::from("#");
+                        for b in atv.attr_value().data.iter() {
+                            let _ = write!(hex, "{b:02x}");
+                        }
+                        hex
+                    },
+                    rfc4514_escape,
+                );
+                format!("{name}={value}")
+            })
+            .collect();
+        rdns.push(parts.join("+"));
+    }
+    rdns.reverse();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    let mut hex = String::with_capacity(64);
+    for b in digest.as_ref() {
+        let _ = write!(hex, "{b:02x}");
+    }
+    Some((rdns.join(","), hex))
+}
+
+/// RFC 4514 §2.4 escaping of an attribute value.
+fn rfc4514_escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let last = v.chars().count().saturating_sub(1);
+    for (i, c) in v.chars().enumerate() {
+        let special = matches!(c, '"' | '+' | ',' | ';' | '<' | '>' | '\\')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_subjects_print_as_openssl_rfc2253_does() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CountryName, "DE");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Acme, Inc.");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "partner-7");
+        let cert = params.self_signed(&key).unwrap();
+        let (subject, sha) = client_identity(cert.der()).unwrap();
+        // Last RDN first, `,` between, RFC 4514 escapes (`openssl x509 -nameopt RFC2253`).
+        assert_eq!(subject, "CN=partner-7,O=Acme\\, Inc.,C=DE");
+        assert_eq!(sha.len(), 64);
+        assert!(sha
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    }
+}

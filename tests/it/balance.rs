@@ -393,7 +393,10 @@ async fn every_keyed_balancer_keeps_a_key_on_one_shard_and_spreads_keys() {
         let addrs: Vec<SocketAddr> = bs.iter().map(|b| b.addr).collect();
         let config = sharded_config(
             &addrs,
-            &[closed_port(), closed_port(), closed_port(), closed_port()],
+            // Dead backups on addresses nothing else takes (ephemeral ports could collide).
+            &(0..4)
+                .map(|i| SocketAddr::from(([127, 0, 0, 10 + i], 9)))
+                .collect::<Vec<_>>(),
             balancer,
             hash_on,
             &|_| String::new(),

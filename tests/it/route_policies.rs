@@ -263,3 +263,100 @@ fn check_refuses_dangerous_header_rules_and_star_with_credentials() {
         assert!(err.contains("g.toml:"), "FILE:LINE:COL: {err}");
     }
 }
+
+/// A listener with `client_auth` (certificates from the test CA of `upstream_reach::pki`),
+/// routes with and without `client_cert = "required"`, and curl (OpenSSL) as the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_verified_and_their_identity_goes_upstream() {
+    crate::harness::require_package("curl");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::upstream_reach::pki(dir.path());
+    let (up, seen) = recording_origin().await;
+    let start = |required: bool| {
+        Gateway::start(&format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "mtls"
+listen = "127.0.0.1:0"
+tls = {{ certs = [{{ cert = "{cert}", key = "{key}" }}], client_auth = {{ ca_file = "{ca}", required = {required} }} }}
+
+[upstreams.app]
+targets = [{{ addr = "{up}" }}]
+hash_on = "header.x-client-cert-sha256"
+balancer = "consistent_hash"
+on_missing_key = "random"
+
+[[routes]]
+name = "partners"
+match = {{ path_prefix = "/partners" }}
+upstream = "app"
+client_cert = "required"
+
+[[routes]]
+name = "open"
+upstream = "app"
+"#,
+            cert = pki.server_cert.display(),
+            key = pki.server_key.display(),
+            ca = pki.ca.display(),
+        ))
+    };
+    let curl = |addr: std::net::SocketAddr, path: &str, with_cert: bool| {
+        let mut c = std::process::Command::new("curl");
+        c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&pki.ca)
+            .arg(format!("https://localhost:{}{path}", addr.port()));
+        if with_cert {
+            c.arg("--cert")
+                .arg(&pki.client_cert)
+                .arg("--key")
+                .arg(&pki.client_key);
+        }
+        let out = c.output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    // required = true: no certificate, no handshake.
+    let gw = start(true);
+    let addr = gw.addr("mtls");
+    assert_eq!(
+        curl(addr, "/open", false),
+        "000",
+        "the handshake must fail without a certificate"
+    );
+    assert_eq!(curl(addr, "/partners/x", true), "200");
+    let h = seen.lock().unwrap().last().unwrap().1.clone();
+    assert_eq!(h["x-client-cert-subject"], "CN=gateway-client");
+    let der = std::fs::read_to_string(&pki.client_cert).unwrap();
+    let der = rustls_pki_types::pem::PemObject::from_pem_slice(der.as_bytes())
+        .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())
+        .unwrap();
+    let want: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(h["x-client-cert-sha256"], want.as_str());
+    // required = false: in without one, but routes that require it answer 403.
+    let gw = start(false);
+    let addr = gw.addr("mtls");
+    assert_eq!(curl(addr, "/open", false), "200");
+    assert_eq!(curl(addr, "/partners/x", false), "403");
+    assert_eq!(curl(addr, "/partners/x", true), "200");
+    // A certificate from another CA fails the handshake in both modes.
+    let other = tempfile::tempdir().unwrap();
+    let stranger = crate::upstream_reach::pki(other.path());
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&pki.ca)
+        .arg("--cert")
+        .arg(&stranger.client_cert)
+        .arg("--key")
+        .arg(&stranger.client_key)
+        .arg(format!("https://localhost:{}/open", addr.port()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "000");
+}

@@ -75,6 +75,15 @@ pub struct TlsFile {
     pub certs: Option<Vec<Spanned<CertFile>>>,
     pub self_signed: Option<Spanned<bool>>,
     pub min_version: Option<Spanned<String>>,
+    pub client_auth: Option<Spanned<ClientAuthFile>>,
+}
+
+/// `tls.client_auth` of a listener: client certificates at the edge.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthFile {
+    pub ca_file: Spanned<String>,
+    pub required: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -328,6 +337,7 @@ pub struct RouteFile {
     pub deny_ips: Option<Spanned<Vec<Spanned<String>>>>,
     pub websocket: Option<Spanned<bool>>,
     pub host_rewrite: Option<Spanned<String>>,
+    pub client_cert: Option<Spanned<String>>,
     pub request_headers: Option<Spanned<HeaderRulesFile>>,
     pub response_headers: Option<Spanned<HeaderRulesFile>>,
     pub cors: Option<Name>,

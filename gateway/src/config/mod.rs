@@ -122,6 +122,17 @@ pub struct Tls {
     /// The first is served for unknown or absent SNI.
     pub certs: Vec<CertSource>,
     pub min_version: TlsVersion,
+    /// Client certificates verified against a CA (mTLS at the edge).
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// `client_auth = { ca_file, required }`: the CA's certificates (read at load) and whether a
+/// handshake without a client certificate fails.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientAuth {
+    pub ca_file: PathBuf,
+    pub ca_pem: Vec<u8>,
+    pub required: bool,
 }
 
 #[derive(Debug)]
@@ -515,6 +526,8 @@ pub struct Route {
     pub response_headers: Option<HeaderRules>,
     /// The `[cors.NAME]` the route answers with.
     pub cors: Option<String>,
+    /// `client_cert = "required"`: 403 without a verified client certificate.
+    pub client_cert_required: bool,
 }
 
 /// `set` replaces, `add` appends, `remove` deletes; values are literal.

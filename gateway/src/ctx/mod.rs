@@ -31,7 +31,20 @@ pub struct ConnInfo {
     pub h2: bool,
     /// The connection's timers and counters (a WebSocket tunnel turns the head timer off).
     pub state: Option<Arc<ConnState>>,
+    /// The client certificate verified at the handshake (listeners with `client_auth`).
+    pub client_cert: Option<Arc<ClientCert>>,
 }
+
+/// A verified client certificate, as the upstream is told (`x-client-cert-subject`,
+/// `x-client-cert-sha256`).
+#[derive(Debug)]
+pub struct ClientCert {
+    pub subject: http::HeaderValue,
+    pub sha256: http::HeaderValue,
+}
+
+pub const X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
+pub const X_CLIENT_CERT_SHA256: HeaderName = HeaderName::from_static("x-client-cert-sha256");
 
 impl ConnInfo {
     pub fn new(
@@ -49,6 +62,7 @@ impl ConnInfo {
             listener,
             h2,
             state: None,
+            client_cert: None,
         }
     }
 }

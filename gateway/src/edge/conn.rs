@@ -87,7 +87,7 @@ pub async fn serve(
         serve_stream(
             stream,
             h2,
-            (peer, tcp_peer),
+            (peer, tcp_peer, None),
             &listener,
             state,
             &limits,
@@ -120,13 +120,35 @@ pub async fn serve(
         }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    serve_stream(tls, h2, (peer, tcp_peer), &listener, state, &limits, shared).await;
+    // A client certificate the verifier accepted (listeners with `client_auth`).
+    let client_cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| crate::tls::client_identity(leaf.as_ref()))
+        .and_then(|(subject, sha256)| {
+            Some(Arc::new(crate::ctx::ClientCert {
+                subject: HeaderValue::from_str(&subject).ok()?,
+                sha256: HeaderValue::from_str(&sha256).ok()?,
+            }))
+        });
+    serve_stream(
+        tls,
+        h2,
+        (peer, tcp_peer, client_cert),
+        &listener,
+        state,
+        &limits,
+        shared,
+    )
+    .await;
 }
 
 async fn serve_stream<T>(
     stream: T,
     h2: bool,
-    (peer, tcp_peer): (SocketAddr, SocketAddr),
+    (peer, tcp_peer, client_cert): (SocketAddr, SocketAddr, Option<Arc<crate::ctx::ClientCert>>),
     listener: &ListenerRt,
     state: Arc<ConnState>,
     limits: &Limits,
@@ -151,6 +173,7 @@ async fn serve_stream<T>(
         shared: shared.clone(),
         info: Arc::new(ConnInfo {
             state: Some(state.clone()),
+            client_cert,
             ..ConnInfo::new(peer, tcp_peer, listener.info.clone(), h2)
         }),
         state: state.clone(),

@@ -97,11 +97,17 @@ pub fn server_config(tls: &Tls) -> Result<(Arc<ServerConfig>, Vec<Arc<CertMateri
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
     };
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let builder = match &tls.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(ca) => builder.with_client_cert_verifier(
+            crate::tls::client_verifier(&ca.ca_pem, ca.required)
+                .map_err(|e| format!("client_auth ca_file: {e}"))?,
+        ),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // Stateless TLS 1.3 tickets and a bounded session cache keep resumption cheap.
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);

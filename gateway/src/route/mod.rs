@@ -109,6 +109,20 @@ where
             .is_some_and(|c| c.listener.redirect_https.is_some());
         let mut found = None;
         protect_identity(&mut parts.headers, &self.inner.identity);
+        // A verified client certificate goes upstream (and is a key for hashing and rate
+        // limits, so it is set before them).
+        if let Some(cert) = parts
+            .extensions
+            .get::<Arc<ConnInfo>>()
+            .and_then(|c| c.client_cert.clone())
+        {
+            parts
+                .headers
+                .insert(crate::ctx::X_CLIENT_CERT_SUBJECT, cert.subject.clone());
+            parts
+                .headers
+                .insert(crate::ctx::X_CLIENT_CERT_SHA256, cert.sha256.clone());
+        }
         if parts.extensions.get::<Refused>().is_some() {
             // Refused at the edge already.
         } else if parts.headers.len() > self.inner.max_headers {

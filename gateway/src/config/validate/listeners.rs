@@ -8,6 +8,7 @@ use toml::Spanned;
 use super::super::file::{self};
 use super::super::{CertSource, EncodedSlashes, Limits, Listener, Tls, TlsVersion};
 use super::*;
+use crate::config::ClientAuth;
 
 impl Validator<'_> {
     pub(super) fn listeners(
@@ -133,7 +134,27 @@ impl Validator<'_> {
                 }
             }
         }
-        Tls { certs, min_version }
+        let client_auth = tf.client_auth.as_ref().and_then(|c| {
+            let cf = c.get_ref();
+            let path = self.existing_file(&cf.ca_file, "ca_file")?;
+            let pem = std::fs::read(&path)
+                .map_err(|e| self.error(cf.ca_file.span(), format!("ca_file: {e}")))
+                .ok()?;
+            if let Err(e) = crate::tls::client_verifier(&pem, true) {
+                self.error(cf.ca_file.span(), format!("ca_file: {e}"));
+                return None;
+            }
+            Some(ClientAuth {
+                ca_file: path,
+                ca_pem: pem,
+                required: cf.required.as_ref().is_none_or(|r| *r.get_ref()),
+            })
+        });
+        Tls {
+            certs,
+            min_version,
+            client_auth,
+        }
     }
 
     pub(super) fn limits(&mut self, l: &file::LimitsFile) -> Limits {

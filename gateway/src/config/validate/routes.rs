@@ -148,6 +148,23 @@ impl Validator<'_> {
                     .as_ref()
                     .map(|h| self.header_rules(h, "response_headers", identity)),
                 cors: rf.cors.as_ref().map(|n| n.get_ref().clone()),
+                client_cert_required: match rf
+                    .client_cert
+                    .as_ref()
+                    .map(|c| (c.get_ref().as_str(), c))
+                {
+                    None | Some(("optional", _)) => false,
+                    Some(("required", _)) => true,
+                    Some((other, c)) => {
+                        self.error(
+                            c.span(),
+                            format!(
+                                "client_cert must be \"required\" (or \"optional\"), not {other:?}"
+                            ),
+                        );
+                        false
+                    }
+                },
             });
         }
         out
