@@ -465,6 +465,8 @@ pub enum ResBody {
     Tunnel(Incoming),
     /// A small upstream response read whole (its connection is back in the pool).
     Buffered(crate::upstream::BufferedBody),
+    /// Compressed as it streams (`compress = true`).
+    Compressed(Box<crate::policy::compress::CompressBody>),
 }
 
 impl From<Bytes> for ResBody {
@@ -492,6 +494,7 @@ impl ResBody {
             Self::Full(_) | Self::Tunnel(_) => None,
             Self::Upstream(b) => Some(b.target()),
             Self::Buffered(b) => Some(b.target()),
+            Self::Compressed(b) => b.target(),
         }
     }
 }
@@ -509,6 +512,7 @@ impl Body for ResBody {
             Self::Upstream(b) => Pin::new(b).poll_frame(cx),
             Self::Tunnel(b) => Pin::new(b).poll_frame(cx),
             Self::Buffered(b) => Pin::new(b).poll_frame(cx),
+            Self::Compressed(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 
@@ -518,6 +522,7 @@ impl Body for ResBody {
             Self::Upstream(b) => b.is_end_stream(),
             Self::Tunnel(b) => b.is_end_stream(),
             Self::Buffered(b) => b.is_end_stream(),
+            Self::Compressed(b) => b.is_end_stream(),
         }
     }
 
@@ -527,6 +532,7 @@ impl Body for ResBody {
             Self::Upstream(b) => b.size_hint(),
             Self::Tunnel(b) => b.size_hint(),
             Self::Buffered(b) => b.size_hint(),
+            Self::Compressed(b) => b.size_hint(),
         }
     }
 }

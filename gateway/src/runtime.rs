@@ -245,6 +245,7 @@ impl Runtime {
                 ip_filter: (!r.allow_ips.is_empty() || !r.deny_ips.is_empty())
                     .then(|| IpFilterLayer::new(r.allow_ips.clone(), r.deny_ips.clone())),
                 cors: cors.map(crate::policy::cors::CorsLayer::new),
+                compress: r.compress.then_some(crate::policy::compress::CompressLayer),
                 client_cert: r
                     .client_cert_required
                     .then_some(crate::policy::client_cert::ClientCertLayer),

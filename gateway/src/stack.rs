@@ -4,7 +4,7 @@
 //! edge_stack:  request id → router ─┬─ route_stack (first matching route)
 //!                                   └─ fallback_stack (404, or 308 on redirect listeners)
 //! route_stack: observe (log, metrics, errors → JSON, CORS and response-header decoration)
-//!              → ip allow/deny → CORS preflight → body limit → jwt → api key
+//!              → compression (on the way back) → ip allow/deny → CORS preflight → body limit → jwt → api key
 //!              → client certificate → integrity
 //!              → rate limit → request headers → rewrite → upstream (balancer, endpoint,
 //!              pooled client, retries)
@@ -60,6 +60,7 @@ pub struct RoutePolicies {
     pub rate_limit: Option<RateLimitLayer>,
     pub client_cert: Option<crate::policy::client_cert::ClientCertLayer>,
     pub request_headers: Option<crate::policy::headers::RequestHeadersLayer>,
+    pub compress: Option<crate::policy::compress::CompressLayer>,
 }
 
 /// One route: its policies in order, down to its upstream.
@@ -74,6 +75,7 @@ pub fn route_stack(
     let keeps_path = forward.upstream.config.hash_on == Some(KeySpec::Path);
     let svc = ServiceBuilder::new()
         .layer(ObserveLayer::new(obs))
+        .option_layer(policies.compress)
         .option_layer(policies.ip_filter)
         .option_layer(policies.cors)
         .layer(BodyLimitLayer::new(max_body_bytes))

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::BodyExt as _;
 
 use crate::client::{request, send};
 use crate::harness::{full, gateway_cmd, origin, Gateway};
@@ -359,4 +360,127 @@ upstream = "app"
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "000");
+}
+
+/// An origin with bodies to compress (or not): `/json` 10 KiB of JSON with a strong ETag,
+/// `/sse` an event stream, `/no-transform`, `/encoded` already gzip, `/small` 100 bytes.
+async fn compressible_origin() -> std::net::SocketAddr {
+    origin(|req: http::Request<hyper::body::Incoming>| async move {
+        let json: String = format!(
+            "[{}]",
+            (0..200)
+                .map(|i| format!("{{\"id\":{i},\"name\":\"item number {i}\"}}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let (ct, body, extra): (&str, String, Option<(&str, &str)>) = match req.uri().path() {
+            "/json" => ("application/json", json, Some(("etag", "\"v1\""))),
+            "/sse" => ("text/event-stream", json, None),
+            "/no-transform" => (
+                "application/json",
+                json,
+                Some(("cache-control", "no-transform")),
+            ),
+            "/encoded" => ("application/json", json, Some(("content-encoding", "gzip"))),
+            "/small" => ("application/json", "x".repeat(100), None),
+            _ => ("image/png", json, None),
+        };
+        let mut res = http::Response::new(
+            http_body_util::Full::new(Bytes::from(body))
+                .map_err(|e| match e {})
+                .boxed(),
+        );
+        res.headers_mut()
+            .insert("content-type", ct.parse().unwrap());
+        if let Some((k, v)) = extra {
+            res.headers_mut().insert(k, v.parse().unwrap());
+        }
+        res
+    })
+    .await
+}
+
+/// curl (its own gzip, brotli and zstd decoders): (status, headers lower-cased, decoded body).
+fn curl_get(url: &str, accept: &str, extra: &[&str]) -> (String, String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let headers = dir.path().join("h.txt");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--compressed", "-D"])
+        .arg(&headers)
+        .args(["-H", &format!("accept-encoding: {accept}")])
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    let h = std::fs::read_to_string(&headers)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    (h.lines().next().unwrap_or("").to_string(), h, out.stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_are_compressed_by_accept_encoding_with_the_spec_exclusions() {
+    use http_body_util::BodyExt;
+    crate::harness::require_package("curl");
+    let up = compressible_origin().await;
+    let gw = Gateway::start(&crate::harness::simple_config(&[up], "compress = true"));
+    let base = format!("http://{}", gw.addr("http"));
+    let plain = {
+        let (_, _, body) = curl_get(&format!("{base}/json"), "identity", &[]);
+        body
+    };
+    assert!(plain.len() > 5000);
+    for (accept, want) in [
+        ("gzip, deflate, br, zstd", "zstd"),
+        ("gzip, br", "br"),
+        ("gzip;q=1, br;q=0.5", "gzip"),
+    ] {
+        let (status, h, body) = curl_get(&format!("{base}/json"), accept, &[]);
+        assert!(status.contains("200"), "{status}");
+        assert!(
+            h.contains(&format!("content-encoding: {want}")),
+            "{accept}: {h}"
+        );
+        assert!(!h.contains("content-length"), "{accept}: {h}");
+        assert!(h.contains("vary: accept-encoding"), "{h}");
+        assert!(
+            h.contains("etag: w/\"v1\""),
+            "the strong ETag is made weak: {h}"
+        );
+        assert_eq!(body, plain, "{accept}: curl decodes the original bytes");
+    }
+    // Not compressed: no acceptable coding, a stream type, no-transform, already encoded,
+    // small, not a compressible type, HEAD, a Range request.
+    for (path, accept, extra, vary) in [
+        ("/json", "identity", vec![], true),
+        ("/sse", "gzip", vec![], false),
+        ("/no-transform", "gzip", vec![], true),
+        ("/encoded", "gzip", vec![], false),
+        ("/small", "gzip", vec![], false),
+        ("/image", "gzip", vec![], false),
+        ("/json", "gzip", vec!["-I"], false),
+        ("/json", "gzip", vec!["-H", "range: bytes=0-10"], false),
+    ] {
+        let (_, h, _) = curl_get(&format!("{base}{path}"), accept, &extra);
+        let encoded_by_us = h.contains("content-encoding: gzip") && path != "/encoded";
+        assert!(!encoded_by_us, "{path} {accept} {extra:?}: {h}");
+        assert_eq!(
+            h.contains("vary: accept-encoding"),
+            vary,
+            "{path} {extra:?}: {h}"
+        );
+    }
+    // Streamed: a hyper client reads the gzip stream frame by frame.
+    let res = crate::client::send(
+        gw.addr("http"),
+        crate::client::request("GET", "/json", &[("accept-encoding", "gzip")], Bytes::new()),
+    )
+    .await;
+    assert_eq!(res.header("content-encoding"), "gzip");
+    assert!(
+        res.body.len() < plain.len() / 3,
+        "{} compressed bytes",
+        res.body.len()
+    );
+    let _ = http_body_util::Full::new(res.body).collect().await;
 }

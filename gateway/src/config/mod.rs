@@ -528,6 +528,8 @@ pub struct Route {
     pub cors: Option<String>,
     /// `client_cert = "required"`: 403 without a verified client certificate.
     pub client_cert_required: bool,
+    /// `compress = true`: gzip, br or zstd by `Accept-Encoding`.
+    pub compress: bool,
 }
 
 /// `set` replaces, `add` appends, `remove` deletes; values are literal.

@@ -7,6 +7,7 @@
 pub mod api_key;
 pub mod body_limit;
 pub mod client_cert;
+pub mod compress;
 pub mod cors;
 pub mod headers;
 pub mod integrity;

@@ -18,9 +18,6 @@ mod policies;
 mod routes;
 mod upstreams;
 
-/// Which issue builds a feature whose keys already parse; named in "not supported yet" errors.
-const ISSUE_OPERATIONS: &str = "operations, issue #7";
-
 struct Diag {
     span: Option<Range<usize>>,
     message: String,
@@ -78,13 +75,6 @@ impl Validator<'_> {
             span: Some(span),
             message: message.into(),
         });
-    }
-
-    fn not_supported(&mut self, span: Range<usize>, what: &str, issue: &str) {
-        self.error(
-            span,
-            format!("{what} is not supported yet ({issue}); remove it to run this config"),
-        );
     }
 
     fn duration(&mut self, value: &Option<Spanned<String>>, default: Duration) -> Duration {

@@ -89,11 +89,7 @@ impl Validator<'_> {
                 "total_timeout",
             );
             let fallback = rf.fallback.as_ref().map(|f| self.fallback(f));
-            if let Some(x) = &rf.compress {
-                if *x.get_ref() {
-                    self.not_supported(x.span(), "compress", ISSUE_OPERATIONS);
-                }
-            }
+            let compress = rf.compress.as_ref().is_some_and(|x| *x.get_ref());
             let allow_ips = rf
                 .allow_ips
                 .as_ref()
@@ -148,6 +144,7 @@ impl Validator<'_> {
                     .as_ref()
                     .map(|h| self.header_rules(h, "response_headers", identity)),
                 cors: rf.cors.as_ref().map(|n| n.get_ref().clone()),
+                compress,
                 client_cert_required: match rf
                     .client_cert
                     .as_ref()
