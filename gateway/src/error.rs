@@ -52,6 +52,8 @@ pub enum GatewayError {
     CorsRefused,
     #[error("client certificate required")]
     ClientCertRequired,
+    #[error("the forward auth service failed")]
+    AuthUnavailable,
 }
 
 /// nginx's "client closed request": logged and counted, never seen by the client.
@@ -79,6 +81,7 @@ impl GatewayError {
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BufferFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::CorsRefused | Self::ClientCertRequired => StatusCode::FORBIDDEN,
+            Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -105,6 +108,7 @@ impl GatewayError {
             Self::BufferFull => "gateway busy, retry",
             Self::CorsRefused => "CORS preflight refused",
             Self::ClientCertRequired => "client certificate required",
+            Self::AuthUnavailable => "authorization service unavailable",
         })
     }
 
@@ -130,6 +134,7 @@ impl GatewayError {
             Self::BufferFull => "buffer_full",
             Self::CorsRefused => "cors_refused",
             Self::ClientCertRequired => "client_cert_required",
+            Self::AuthUnavailable => "forward_auth_error",
         }
     }
 

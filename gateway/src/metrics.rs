@@ -103,6 +103,7 @@ pub struct Metrics {
     pub upstream_connections: IntGaugeVec,
     pub grpc_responses_total: IntCounterVec,
     pub cors_preflights_total: IntCounterVec,
+    pub forward_auth_total: IntCounterVec,
     /// (name, help, type) of every family, to expose the ones with no series yet.
     families: Vec<(String, String, &'static str)>,
 }
@@ -335,6 +336,11 @@ impl Metrics {
                 "CORS preflights answered by the gateway, by outcome.",
                 &["route", "outcome"],
             ),
+            forward_auth_total: r.counter(
+                "gateway_forward_auth_total",
+                "Forward-auth verdicts, by outcome.",
+                &["route", "policy", "outcome"],
+            ),
             families: r.families,
             registry,
         };
@@ -424,6 +430,7 @@ impl Metrics {
         prune_vec(&self.upstream_connections, &gone);
         prune_vec(&self.grpc_responses_total, &gone);
         prune_vec(&self.cors_preflights_total, &gone);
+        prune_vec(&self.forward_auth_total, &gone);
     }
 
     /// Forget a listener's certificate series (its certificates are about to be set anew).
@@ -455,6 +462,26 @@ impl Metrics {
             c
         };
         (c("allowed"), c("refused"))
+    }
+
+    /// `gateway_forward_auth_total` of one route and policy, every outcome at 0.
+    pub fn forward_auth(
+        &self,
+        route: &str,
+        policy: &str,
+    ) -> crate::policy::forward_auth::AuthCounters {
+        let c = |o: &str| {
+            let c = self
+                .forward_auth_total
+                .with_label_values(&[route, policy, o]);
+            c.inc_by(0);
+            c
+        };
+        crate::policy::forward_auth::AuthCounters {
+            allow: c("allow"),
+            deny: c("deny"),
+            error: c("error"),
+        }
     }
 
     /// Handles for one route.
@@ -727,6 +754,32 @@ pub struct EndpointMetrics {
 }
 
 impl EndpointMetrics {
+    /// Handles registered nowhere (clients that are no upstream target, like forward auth's).
+    pub fn detached() -> Self {
+        let c = || IntCounter::new("detached", "detached").expect("static metric definition");
+        let g = || IntGauge::new("detached", "detached").expect("static metric definition");
+        let h = || {
+            Histogram::with_opts(HistogramOpts::new("detached", "detached"))
+                .expect("static metric definition")
+        };
+        Self {
+            ok: c(),
+            error: c(),
+            timeout: c(),
+            connect_error: c(),
+            reset: c(),
+            duration: h(),
+            in_flight: g(),
+            up: g(),
+            circuit: g(),
+            ejections: c(),
+            conns_h1: g(),
+            conns_h2: g(),
+            tls_ok: c(),
+            tls_error: c(),
+        }
+    }
+
     pub fn outcome(&self, o: Outcome) -> &IntCounter {
         match o {
             Outcome::Ok => &self.ok,

@@ -82,6 +82,24 @@ impl Runtime {
             &metrics.buffered_bytes,
             &metrics.buffer_rejected_total,
         );
+        // One client and verdict cache per forward-auth policy, shared by its routes.
+        let forward_auth: HashMap<String, Arc<crate::policy::forward_auth::ForwardAuthRt>> = config
+            .forward_auth
+            .iter()
+            .map(|(name, p)| {
+                let client = Arc::new(crate::upstream::auth_client::AuthClient::new(
+                    p,
+                    &crate::metrics::EndpointMetrics::detached(),
+                ));
+                (
+                    name.clone(),
+                    Arc::new(crate::policy::forward_auth::ForwardAuthRt::new(
+                        p.clone(),
+                        client,
+                    )),
+                )
+            })
+            .collect();
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             let keep = previous.and_then(|p| {
@@ -245,6 +263,13 @@ impl Runtime {
                 ip_filter: (!r.allow_ips.is_empty() || !r.deny_ips.is_empty())
                     .then(|| IpFilterLayer::new(r.allow_ips.clone(), r.deny_ips.clone())),
                 cors: cors.map(crate::policy::cors::CorsLayer::new),
+                forward_auth: r.forward_auth.as_ref().and_then(|n| {
+                    let rt = forward_auth.get(n)?.clone();
+                    Some(crate::policy::forward_auth::ForwardAuthLayer::new(
+                        rt,
+                        metrics.forward_auth(&r.name, n),
+                    ))
+                }),
                 compress: r.compress.then_some(crate::policy::compress::CompressLayer),
                 client_cert: r
                     .client_cert_required

@@ -4,7 +4,7 @@
 //! edge_stack:  request id → router ─┬─ route_stack (first matching route)
 //!                                   └─ fallback_stack (404, or 308 on redirect listeners)
 //! route_stack: observe (log, metrics, errors → JSON, CORS and response-header decoration)
-//!              → compression (on the way back) → ip allow/deny → CORS preflight → body limit → jwt → api key
+//!              → compression (on the way back) → ip allow/deny → CORS preflight → body limit → forward auth → jwt → api key
 //!              → client certificate → integrity
 //!              → rate limit → request headers → rewrite → upstream (balancer, endpoint,
 //!              pooled client, retries)
@@ -54,6 +54,7 @@ pub fn edge_stack(ids: Arc<Snowflake>, trust_request_id: bool, router: EdgeRoute
 pub struct RoutePolicies {
     pub ip_filter: Option<IpFilterLayer>,
     pub cors: Option<crate::policy::cors::CorsLayer>,
+    pub forward_auth: Option<crate::policy::forward_auth::ForwardAuthLayer>,
     pub jwt: Option<JwtLayer>,
     pub api_key: Option<ApiKeyLayer>,
     pub integrity: Option<IntegrityLayer>,
@@ -79,6 +80,7 @@ pub fn route_stack(
         .option_layer(policies.ip_filter)
         .option_layer(policies.cors)
         .layer(BodyLimitLayer::new(max_body_bytes))
+        .option_layer(policies.forward_auth)
         .option_layer(policies.jwt)
         .option_layer(policies.api_key)
         .option_layer(policies.client_cert)

@@ -112,12 +112,12 @@ targets = [{ addr = "127.0.0.1:9001" }]
 [[routes]]
 name = "r"
 upstream = "u"
-compress = true
+idle_timeout = "0s"
 "#;
     let (code, _, err) = check(config);
     assert_eq!(code, 1);
     assert!(
-        err.contains("g.toml:11:12: compress is not supported yet"),
+        err.contains("g.toml:11:1") && err.contains("unknown field `idle_timeout`"),
         "{err}"
     );
 }

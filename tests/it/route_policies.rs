@@ -484,3 +484,157 @@ async fn responses_are_compressed_by_accept_encoding_with_the_spec_exclusions() 
     );
     let _ = http_body_util::Full::new(res.body).collect().await;
 }
+
+/// A forward-auth service: `authorization: Bearer good` → 200 with `x-user: alice`;
+/// `Bearer redirect` → 302 to the login page; `Bearer boom` → 500; `Bearer slow` → waits 2 s;
+/// anything else → 401 with a body and `WWW-Authenticate`. Counts what it was asked and
+/// records the forwarded headers.
+async fn auth_service() -> (std::net::SocketAddr, Seen) {
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let addr = origin(move |req: http::Request<hyper::body::Incoming>| {
+        let log = log.clone();
+        async move {
+            log.lock()
+                .unwrap()
+                .push((req.method().to_string(), req.headers().clone()));
+            let auth = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let mut res = http::Response::new(full(""));
+            match auth.as_str() {
+                "Bearer good" => {
+                    res.headers_mut().insert("x-user", "alice".parse().unwrap());
+                }
+                "Bearer redirect" => {
+                    *res.status_mut() = http::StatusCode::FOUND;
+                    res.headers_mut()
+                        .insert("location", "https://sso.example/login".parse().unwrap());
+                    res.headers_mut()
+                        .insert("set-cookie", "state=xyz; Path=/".parse().unwrap());
+                }
+                "Bearer boom" => *res.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR,
+                "Bearer slow" => tokio::time::sleep(Duration::from_secs(2)).await,
+                _ => {
+                    res = http::Response::new(full("{\"error\":\"sign in first\"}"));
+                    *res.status_mut() = http::StatusCode::UNAUTHORIZED;
+                    res.headers_mut()
+                        .insert("content-type", "application/json".parse().unwrap());
+                    res.headers_mut()
+                        .insert("www-authenticate", "Bearer realm=\"sso\"".parse().unwrap());
+                }
+            }
+            res
+        }
+    })
+    .await;
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_asks_the_auth_service_and_follows_its_answer() {
+    let (up, upstream_seen) = recording_origin().await;
+    let (auth, auth_seen) = auth_service().await;
+    let gw = Gateway::start(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[forward_auth.sso]
+url = "http://{auth}/verify?app=demo"
+timeout = "500ms"
+copy_headers = ["x-user"]
+
+[forward_auth.lenient]
+url = "http://{auth}/verify"
+timeout = "500ms"
+on_error = "allow"
+cache = "30s"
+
+[upstreams.app]
+targets = [{{ addr = "{up}" }}]
+
+[[routes]]
+name = "strict"
+match = {{ path_prefix = "/strict" }}
+upstream = "app"
+forward_auth = "sso"
+
+[[routes]]
+name = "lenient"
+upstream = "app"
+forward_auth = "lenient"
+"#
+    ));
+    let addr = gw.addr("http");
+    let ask = |path: &'static str, auth: &'static str, extra: Vec<(&'static str, &'static str)>| {
+        let mut h = vec![("authorization", auth)];
+        h.extend(extra);
+        send(addr, request("GET", path, &h, Bytes::new()))
+    };
+    // 2xx: on to the upstream, with the copied header (a forged one is gone).
+    let res = ask(
+        "/strict/orders?id=7",
+        "Bearer good",
+        vec![("x-user", "mallory")],
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    let h = upstream_seen.lock().unwrap().last().unwrap().1.clone();
+    assert_eq!(h["x-user"], "alice");
+    let asked = auth_seen.lock().unwrap().last().unwrap().clone();
+    assert_eq!(asked.0, "GET");
+    assert_eq!(asked.1["x-forwarded-method"], "GET");
+    assert_eq!(asked.1["x-forwarded-uri"], "/strict/orders?id=7");
+    assert_eq!(asked.1["x-forwarded-proto"], "http");
+    assert_eq!(asked.1["x-forwarded-for"], "127.0.0.1");
+    assert!(asked.1.get("x-request-id").is_some());
+    // 4xx: the auth service's answer, as it gave it; the upstream is not called.
+    let before = upstream_seen.lock().unwrap().len();
+    let res = ask("/strict/x", "Bearer nope", vec![]).await;
+    assert_eq!(res.status, 401);
+    assert_eq!(res.header("www-authenticate"), "Bearer realm=\"sso\"");
+    assert_eq!(
+        res.body,
+        Bytes::from_static(b"{\"error\":\"sign in first\"}")
+    );
+    // 3xx: the redirect and its cookie.
+    let res = ask("/strict/x", "Bearer redirect", vec![]).await;
+    assert_eq!(res.status, 302);
+    assert_eq!(res.header("location"), "https://sso.example/login");
+    assert_eq!(res.header("set-cookie"), "state=xyz; Path=/");
+    // 5xx and timeouts: on_error = deny → 503.
+    assert_eq!(ask("/strict/x", "Bearer boom", vec![]).await.status, 503);
+    assert_eq!(ask("/strict/x", "Bearer slow", vec![]).await.status, 503);
+    assert_eq!(
+        upstream_seen.lock().unwrap().len(),
+        before,
+        "a refused request reached the upstream"
+    );
+    // on_error = allow lets the request on when the service fails.
+    assert_eq!(ask("/lenient", "Bearer boom", vec![]).await.status, 200);
+    // The verdict cache: a second identical request is not asked again.
+    let n = auth_seen.lock().unwrap().len();
+    assert_eq!(ask("/lenient/c", "Bearer good", vec![]).await.status, 200);
+    assert_eq!(ask("/lenient/c", "Bearer good", vec![]).await.status, 200);
+    assert_eq!(
+        auth_seen.lock().unwrap().len(),
+        n + 1,
+        "the cached verdict was asked again"
+    );
+    let text = gw.metrics_text().await;
+    for line in [
+        "gateway_forward_auth_total{outcome=\"allow\",policy=\"sso\",route=\"strict\"} 1",
+        "gateway_forward_auth_total{outcome=\"deny\",policy=\"sso\",route=\"strict\"} 2",
+        "gateway_forward_auth_total{outcome=\"error\",policy=\"sso\",route=\"strict\"} 2",
+    ] {
+        assert!(text.contains(line), "{line}\n{text}");
+    }
+}

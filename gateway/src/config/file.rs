@@ -35,6 +35,8 @@ pub struct File {
     #[serde(default)]
     pub cors: BTreeMap<Name, Spanned<CorsFile>>,
     #[serde(default)]
+    pub forward_auth: BTreeMap<Name, Spanned<ForwardAuthFile>>,
+    #[serde(default)]
     pub upstreams: BTreeMap<Name, Spanned<UpstreamFile>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RouteFile>>,
@@ -341,6 +343,20 @@ pub struct RouteFile {
     pub request_headers: Option<Spanned<HeaderRulesFile>>,
     pub response_headers: Option<Spanned<HeaderRulesFile>>,
     pub cors: Option<Name>,
+    pub forward_auth: Option<Name>,
+}
+
+/// `[forward_auth.NAME]`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthFile {
+    pub url: Spanned<String>,
+    pub tls: Option<Spanned<UpstreamTlsFile>>,
+    pub timeout: Option<Spanned<String>>,
+    pub forward_headers: Option<Vec<Spanned<String>>>,
+    pub copy_headers: Option<Vec<Spanned<String>>>,
+    pub on_error: Option<Spanned<String>>,
+    pub cache: Option<Spanned<String>>,
 }
 
 /// `request_headers` / `response_headers` of a route.

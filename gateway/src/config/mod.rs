@@ -48,6 +48,7 @@ pub struct Config {
     pub rate_limits: BTreeMap<String, RateLimitPolicy>,
     pub redis: Option<RedisConfig>,
     pub cors: BTreeMap<String, CorsPolicy>,
+    pub forward_auth: BTreeMap<String, ForwardAuthPolicy>,
     /// The file as JSON with secrets redacted, for `GET /admin/config`.
     pub redacted: serde_json::Value,
 }
@@ -80,6 +81,13 @@ impl Config {
             .collect();
         for p in self.jwt.values() {
             for (_, h) in &p.claims_to_headers {
+                if !out.contains(h) {
+                    out.push(h.clone());
+                }
+            }
+        }
+        for p in self.forward_auth.values() {
+            for h in &p.copy_headers {
                 if !out.contains(h) {
                     out.push(h.clone());
                 }
@@ -530,6 +538,29 @@ pub struct Route {
     pub client_cert_required: bool,
     /// `compress = true`: gzip, br or zstd by `Accept-Encoding`.
     pub compress: bool,
+    /// The `[forward_auth.NAME]` the route asks first.
+    pub forward_auth: Option<String>,
+}
+
+/// A `[forward_auth.NAME]` policy (SPEC §8.4): an auth service asked before the upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardAuthPolicy {
+    /// Where the auth service listens, and the path and query asked.
+    pub addr: SocketAddr,
+    pub path_and_query: String,
+    /// The `Host` sent (the URL's authority).
+    pub authority: String,
+    pub https: bool,
+    pub tls: Option<UpstreamTls>,
+    pub timeout: Duration,
+    /// Lower-case client header names passed to the auth service.
+    pub forward_headers: Vec<HeaderName>,
+    /// Headers of its 2xx answer set on the upstream request.
+    pub copy_headers: Vec<HeaderName>,
+    /// Unreachable, timed out or 5xx: allow (true) or deny with 503 (false).
+    pub allow_on_error: bool,
+    /// How long a 2xx verdict is kept (zero: never).
+    pub cache: Duration,
 }
 
 /// `set` replaces, `add` appends, `remove` deletes; values are literal.

@@ -9,6 +9,7 @@ pub mod body_limit;
 pub mod client_cert;
 pub mod compress;
 pub mod cors;
+pub mod forward_auth;
 pub mod headers;
 pub mod integrity;
 pub mod ip_filter;

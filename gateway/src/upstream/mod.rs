@@ -7,6 +7,7 @@
 
 pub mod headers;
 pub use crate::endpoint::pool;
+pub mod auth_client;
 pub mod proxy;
 pub mod tunnel;
 

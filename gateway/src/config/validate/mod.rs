@@ -243,12 +243,16 @@ impl Validator<'_> {
         let (jwt, api_keys, integrity, rate_limits, redis) = self.policies(f);
         let upstreams = self.upstreams(&f.upstreams);
         let cors = self.cors_tables(&f.cors);
+        let forward_auth = self.forward_auth_tables(&f.forward_auth);
         let mut identity: Vec<http::HeaderName> = crate::config::FIXED_IDENTITY_HEADERS
             .iter()
             .map(|n| http::HeaderName::from_static(n))
             .collect();
         for p in jwt.values() {
             identity.extend(p.claims_to_headers.iter().map(|(_, h)| h.clone()));
+        }
+        for p in forward_auth.values() {
+            identity.extend(p.copy_headers.iter().cloned());
         }
         let routes = self.routes(f, &upstreams, &identity);
         Config {
@@ -265,6 +269,7 @@ impl Validator<'_> {
             rate_limits,
             redis,
             cors,
+            forward_auth,
             redacted: redacted_view(f),
         }
     }

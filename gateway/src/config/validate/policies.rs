@@ -12,8 +12,9 @@ use super::super::{
     RateLimitPolicy, RedisConfig, Source, Store,
 };
 use super::*;
-use crate::config::CorsPolicy;
+use crate::config::{CorsPolicy, ForwardAuthPolicy};
 use http::Method;
+use std::net::SocketAddr;
 
 impl Validator<'_> {
     /// The policy tables: JWT, API keys, integrity, rate limits, and the Redis store they may share.
@@ -507,6 +508,132 @@ impl Validator<'_> {
                     expose,
                     credentials,
                     max_age,
+                },
+            );
+        }
+        out
+    }
+
+    /// The `[forward_auth.NAME]` tables.
+    pub(super) fn forward_auth_tables(
+        &mut self,
+        tables: &BTreeMap<file::Name, Spanned<file::ForwardAuthFile>>,
+    ) -> BTreeMap<String, ForwardAuthPolicy> {
+        let mut out = BTreeMap::new();
+        for (name, t) in tables {
+            self.policy_name(name, "forward_auth");
+            let ff = t.get_ref();
+            let url = ff.url.get_ref();
+            let (https, rest) = match url.split_once("://") {
+                Some(("http", rest)) => (false, rest),
+                Some(("https", rest)) => (true, rest),
+                _ => {
+                    self.error(
+                        ff.url.span(),
+                        format!("url {url:?} must start with http:// or https://"),
+                    );
+                    continue;
+                }
+            };
+            let (authority, path) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, "/"),
+            };
+            let default_port = if https { 443 } else { 80 };
+            let addr = authority
+                .parse::<SocketAddr>()
+                .ok()
+                .or_else(|| {
+                    format!("{authority}:{default_port}")
+                        .parse::<SocketAddr>()
+                        .ok()
+                })
+                .or_else(|| {
+                    // `localhost[:port]`: loopback, as operators write it.
+                    let port = authority.strip_prefix("localhost").map(|p| {
+                        p.strip_prefix(':')
+                            .map_or(Some(default_port), |p| p.parse().ok())
+                    })?;
+                    port.map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+                });
+            let Some(addr) = addr else {
+                self.error(
+                    ff.url.span(),
+                    format!("url {url:?}: the host must be an IP address (or localhost) with an optional port; DNS names are not supported yet"),
+                );
+                continue;
+            };
+            if ff.tls.is_some() && !https {
+                self.error(ff.url.span(), "tls is for an https url");
+            }
+            let tls = if https {
+                let default_tls = Spanned::new(0..0, file::UpstreamTlsFile::default());
+                let t2 = ff.tls.as_ref().unwrap_or(&default_tls);
+                self.upstream_tls(t2, crate::config::Protocol::Http1)
+            } else {
+                None
+            };
+            let timeout = self.positive_duration(&ff.timeout, Duration::from_secs(1), "timeout");
+            let names = |this: &mut Self,
+                         list: &Option<Vec<Spanned<String>>>,
+                         default: &[&'static str]|
+             -> Vec<HeaderName> {
+                match list {
+                    None => default.iter().map(|n| HeaderName::from_static(n)).collect(),
+                    Some(l) => l
+                        .iter()
+                        .filter_map(|h| {
+                            let lower = h.get_ref().to_ascii_lowercase();
+                            match HeaderName::from_bytes(lower.as_bytes()) {
+                                Ok(n) => Some(n),
+                                Err(_) => {
+                                    this.error(
+                                        h.span(),
+                                        format!("{:?} is not a header name", h.get_ref()),
+                                    );
+                                    None
+                                }
+                            }
+                        })
+                        .collect(),
+                }
+            };
+            let forward_headers = names(self, &ff.forward_headers, &["authorization", "cookie"]);
+            let copy_headers = names(self, &ff.copy_headers, &[]);
+            for (h, n) in ff.copy_headers.iter().flatten().zip(&copy_headers) {
+                let s = n.as_str();
+                if s == "host"
+                    || s == "content-length"
+                    || crate::config::PROTECTED_HEADERS.contains(&s)
+                {
+                    self.error(h.span(), format!("copy_headers may not name {s:?}"));
+                }
+            }
+            let allow_on_error = match ff.on_error.as_ref().map(|o| (o.get_ref().as_str(), o)) {
+                None | Some(("deny", _)) => false,
+                Some(("allow", _)) => true,
+                Some((other, o)) => {
+                    self.error(
+                        o.span(),
+                        format!("on_error must be \"deny\" or \"allow\", not {other:?}"),
+                    );
+                    false
+                }
+            };
+            let cache = self.duration(&ff.cache, Duration::ZERO);
+            out.insert(
+                name.get_ref().clone(),
+                ForwardAuthPolicy {
+                    addr,
+                    path_and_query: path.to_string(),
+                    authority: authority.to_string(),
+                    https,
+                    tls,
+                    timeout,
+                    forward_headers,
+                    copy_headers,
+                    allow_on_error,
+                    cache,
                 },
             );
         }

@@ -58,6 +58,12 @@ impl Validator<'_> {
             self.policy_ref(name, "integrity", &rf.integrity, f.integrity.keys());
             self.policy_ref(name, "rate_limit", &rf.rate_limit, f.rate_limits.keys());
             self.policy_ref(name, "cors", &rf.cors, f.cors.keys());
+            self.policy_ref(
+                name,
+                "forward_auth",
+                &rf.forward_auth,
+                f.forward_auth.keys(),
+            );
 
             let matcher = rf
                 .matcher
@@ -145,6 +151,7 @@ impl Validator<'_> {
                     .map(|h| self.header_rules(h, "response_headers", identity)),
                 cors: rf.cors.as_ref().map(|n| n.get_ref().clone()),
                 compress,
+                forward_auth: rf.forward_auth.as_ref().map(|n| n.get_ref().clone()),
                 client_cert_required: match rf
                     .client_cert
                     .as_ref()
