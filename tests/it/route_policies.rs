@@ -124,6 +124,23 @@ async fn header_rules_shape_requests_and_every_response_of_the_route() {
     let res = send(addr, request("GET", "/private/x", &[], Bytes::new())).await;
     assert_eq!(res.status, 401);
     assert_eq!(res.header("strict-transport-security"), "max-age=31536000");
+    // /admin/explain lists the route's policies in the order they run.
+    let v = crate::client::get(gw.admin(), "/admin/explain?path=/private/x")
+        .await
+        .json();
+    assert_eq!(
+        v["order"],
+        serde_json::json!([
+            "request_id",
+            "cors:web",
+            "body_limit",
+            "jwt:users",
+            "balance",
+            "upstream",
+            "response_headers"
+        ]),
+        "{v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,7 +88,7 @@ pub fn explain(rt: &Runtime, query: Option<&str>) -> Result<Value, String> {
     let mut out = json!({
         "route": null, "policies": null, "upstream": null, "balancer": null, "hash_on": null,
         "key": null, "hash": null, "slot": null, "ring_point": null, "target": null,
-        "serving": null, "fallbacks": null, "reason": null,
+        "serving": null, "fallbacks": null, "reason": null, "order": null,
     });
     let match_path = crate::path::match_path(parts.uri.path());
     let Some(i) = rt.router.table().find(&parts, &match_path) else {
@@ -102,7 +102,38 @@ pub fn explain(rt: &Runtime, query: Option<&str>) -> Result<Value, String> {
         "jwt": route.policies.jwt, "api_key": route.policies.api_key,
         "integrity": route.policies.integrity, "rate_limit": route.policies.rate_limit,
         "strip_prefix": route.strip_prefix,
+        "cors": route.cors, "forward_auth": route.forward_auth,
+        "client_cert": route.client_cert_required.then_some("required"),
+        "compress": route.compress,
     });
+    // The route's policies in the order they run (SPEC §8.4).
+    let mut order: Vec<String> = vec!["request_id".into()];
+    if !route.allow_ips.is_empty() || !route.deny_ips.is_empty() {
+        order.push("ip_lists".into());
+    }
+    let named = |kind: &str, name: &Option<String>| name.as_ref().map(|n| format!("{kind}:{n}"));
+    order.extend(named("cors", &route.cors));
+    order.push("body_limit".into());
+    order.extend(named("forward_auth", &route.forward_auth));
+    order.extend(named("jwt", &route.policies.jwt));
+    order.extend(named("api_key", &route.policies.api_key));
+    if route.client_cert_required {
+        order.push("client_cert".into());
+    }
+    order.extend(named("integrity", &route.policies.integrity));
+    order.extend(named("rate_limit", &route.policies.rate_limit));
+    if route.request_headers.is_some() {
+        order.push("request_headers".into());
+    }
+    order.push("balance".into());
+    order.push("upstream".into());
+    if route.response_headers.is_some() {
+        order.push("response_headers".into());
+    }
+    if route.compress {
+        order.push("compress".into());
+    }
+    out["order"] = json!(order);
     let Some(up) = rt.upstream(&route.upstream) else {
         return Ok(out);
     };
