@@ -655,3 +655,130 @@ forward_auth = "lenient"
         assert!(text.contains(line), "{line}\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_mib_response_is_compressed_as_it_streams_in_flat_memory() {
+    use http_body_util::BodyExt;
+    // An origin streaming 100 MiB of JSON-ish text in 64 KiB chunks, no Content-Length.
+    let up = origin(|_req: http::Request<hyper::body::Incoming>| async move {
+        let chunk = Bytes::from(
+            "{\"id\":12345,\"name\":\"a streamed record\",\"ok\":true},".repeat(64 * 1024 / 50),
+        );
+        let frames =
+            futures_util::stream::iter((0..(100 * 1024 * 1024 / chunk.len())).map(move |_| {
+                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk.clone()))
+            }));
+        let mut res = http::Response::new(http_body_util::StreamBody::new(frames).boxed());
+        res.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        res
+    })
+    .await;
+    let gw = Gateway::start(&crate::harness::simple_config(&[up], "compress = true"));
+    let req = request("GET", "/big", &[("accept-encoding", "zstd")], Bytes::new());
+    let stream = tokio::net::TcpStream::connect(gw.addr("http"))
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.headers()["content-encoding"], "zstd");
+    let mut body = res.into_body();
+    let mut compressed = 0usize;
+    while let Some(frame) = body.frame().await {
+        if let Ok(d) = frame.unwrap().into_data() {
+            compressed += d.len();
+        }
+    }
+    let rss_mib = gw.peak_rss_kib() / 1024;
+    eprintln!(
+        "100 MiB streamed through zstd: {compressed} bytes out, gateway peak RSS {rss_mib} MiB"
+    );
+    assert!(compressed > 0 && compressed < 10 << 20, "{compressed}");
+    assert!(
+        rss_mib < 80,
+        "peak RSS {rss_mib} MiB: the body was held, not streamed"
+    );
+}
+
+/// Headless Chromium: a page on one origin calls the gateway on another with a non-simple
+/// `fetch` (PUT, `authorization`, JSON). The allowed origin gets its answer; the browser
+/// blocks the refused one; no preflight reaches the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_on_an_allowed_origin_may_call_and_others_are_blocked() {
+    let page = || {
+        origin(|_req: http::Request<hyper::body::Incoming>| async move {
+            let mut res = http::Response::new(full("<!doctype html><title>app</title><p>app</p>"));
+            res.headers_mut()
+                .insert("content-type", "text/html".parse().unwrap());
+            res
+        })
+    };
+    let (allowed_page, other_page) = (page().await, page().await);
+    let (up, seen) = recording_origin().await;
+    let gw = Gateway::start(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[cors.app]
+allow_origins = ["http://{allowed_page}"]
+allow_methods = ["GET", "PUT"]
+allow_headers = ["authorization", "content-type"]
+expose_headers = ["x-request-id"]
+
+[upstreams.app]
+targets = [{{ addr = "{up}" }}]
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/api", methods = ["GET", "PUT"] }}
+upstream = "app"
+cors = "app"
+"#
+    ));
+    let api = format!("http://{}/api/items", gw.addr("http"));
+    let call = format!(
+        "fetch('{api}', {{method: 'PUT', headers: {{'authorization': 'Bearer t', 'content-type': 'application/json'}}, body: '{{\"n\":1}}'}})\
+         .then(r => r.status + ' ' + (r.headers.get('x-request-id') ? 'id' : 'no-id'))\
+         .catch(e => 'blocked: ' + e.message)"
+    );
+    let mut browser = crate::status_page::Browser::start().await;
+    browser.navigate(&format!("http://{allowed_page}/")).await;
+    let got = browser.eval(&call).await;
+    assert_eq!(
+        got,
+        serde_json::json!("200 id"),
+        "the allowed origin's call"
+    );
+    let methods: Vec<String> = seen.lock().unwrap().iter().map(|r| r.0.clone()).collect();
+    assert_eq!(
+        methods,
+        ["PUT"],
+        "the preflight was answered by the gateway, the PUT forwarded"
+    );
+    browser.navigate(&format!("http://{other_page}/")).await;
+    let got = browser.eval(&call).await;
+    assert!(
+        got.as_str().is_some_and(|s| s.starts_with("blocked")),
+        "another origin must be blocked by the browser: {got}"
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "nothing more reached the backend"
+    );
+    let text = gw.metrics_text().await;
+    assert!(
+        text.contains("gateway_cors_preflights_total{outcome=\"allowed\",route=\"api\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("gateway_cors_preflights_total{outcome=\"refused\",route=\"api\"} 1"));
+}

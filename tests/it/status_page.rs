@@ -17,7 +17,7 @@ use crate::client::{get, request, send};
 use crate::harness::{backend, require_tool, Gateway};
 
 /// Headless Chromium with a DevTools websocket; killed on drop.
-struct Browser {
+pub(crate) struct Browser {
     child: Child,
     _profile: tempfile::TempDir,
     ws: tokio_tungstenite::WebSocketStream<
@@ -35,7 +35,7 @@ impl Drop for Browser {
 }
 
 impl Browser {
-    async fn start() -> Browser {
+    pub(crate) async fn start() -> Browser {
         require_tool("chromium", "chromium");
         let profile = tempfile::tempdir().unwrap();
         let mut child = Command::new("chromium")
@@ -133,7 +133,7 @@ impl Browser {
     }
 
     /// Evaluate `js` in the page; its value.
-    async fn eval(&mut self, js: &str) -> Value {
+    pub(crate) async fn eval(&mut self, js: &str) -> Value {
         let r = self
             .call(
                 "Runtime.evaluate",
@@ -163,7 +163,7 @@ impl Browser {
         }
     }
 
-    async fn navigate(&mut self, url: &str) {
+    pub(crate) async fn navigate(&mut self, url: &str) {
         self.call("Page.navigate", json!({ "url": url })).await;
         self.wait_for(
             "document.readyState === 'complete'",
