@@ -237,6 +237,20 @@ async fn cors_preflights_are_answered_never_forwarded_and_responses_decorated() 
         "{text}"
     );
     assert!(text.contains("gateway_cors_preflights_total{outcome=\"refused\",route=\"api\"} 2"));
+    // The status page's data shows the refusals per route.
+    let status = crate::client::get(gw.admin(), "/admin/status").await.json();
+    let api = status["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "api")
+        .unwrap()
+        .clone();
+    assert_eq!(api["cors_refused_total"], 2, "{api}");
+    assert!(api["policies"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("cors:web")));
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
@@ -647,6 +661,15 @@ forward_auth = "lenient"
         "the cached verdict was asked again"
     );
     let text = gw.metrics_text().await;
+    let status = crate::client::get(gw.admin(), "/admin/status").await.json();
+    let strict = status["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "strict")
+        .unwrap()
+        .clone();
+    assert_eq!(strict["forward_auth_denied_total"], 2, "{strict}");
     for line in [
         "gateway_forward_auth_total{outcome=\"allow\",policy=\"sso\",route=\"strict\"} 1",
         "gateway_forward_auth_total{outcome=\"deny\",policy=\"sso\",route=\"strict\"} 2",

@@ -44,6 +44,8 @@ struct RouteReading {
     rate_limited: u64,
     auth_failures: u64,
     integrity_failures: u64,
+    cors_refused: u64,
+    forward_auth_denied: u64,
     /// Cumulative counts at each of `BUCKETS`, then +Inf.
     buckets: Vec<u64>,
 }
@@ -155,6 +157,22 @@ fn read(metrics: &Metrics) -> Reading {
             .entry(label(&m, "route").to_string())
             .or_default()
             .integrity_failures += m.get_counter().get_value() as u64;
+    }
+    for m in counters(&metrics.cors_preflights_total) {
+        if label(&m, "outcome") == "refused" {
+            routes
+                .entry(label(&m, "route").to_string())
+                .or_default()
+                .cors_refused += m.get_counter().get_value() as u64;
+        }
+    }
+    for m in counters(&metrics.forward_auth_total) {
+        if label(&m, "outcome") == "deny" {
+            routes
+                .entry(label(&m, "route").to_string())
+                .or_default()
+                .forward_auth_denied += m.get_counter().get_value() as u64;
+        }
     }
     for m in counters(&metrics.request_duration) {
         let h = m.get_histogram();
@@ -374,6 +392,18 @@ fn build(shared: &Shared, ring: &VecDeque<Reading>) -> Value {
             if route.websocket {
                 policies.push("websocket".into());
             }
+            if let Some(c) = &route.cors {
+                policies.push(format!("cors:{c}"));
+            }
+            if let Some(f) = &route.forward_auth {
+                policies.push(format!("forward_auth:{f}"));
+            }
+            if route.client_cert_required {
+                policies.push("client_cert".into());
+            }
+            if route.compress {
+                policies.push("compress".into());
+            }
             let name = route.name.clone();
             json!({
                 "name": route.name,
@@ -393,6 +423,10 @@ fn build(shared: &Shared, ring: &VecDeque<Reading>) -> Value {
                 "auth_failures_total": n.auth_failures,
                 "integrity_failures_total": n.integrity_failures,
                 "rate_limited_total": n.rate_limited,
+                "cors_refused_per_s": r2(per_sec(n.cors_refused, t.cors_refused, secs)),
+                "cors_refused_total": n.cors_refused,
+                "forward_auth_denied_per_s": r2(per_sec(n.forward_auth_denied, t.forward_auth_denied, secs)),
+                "forward_auth_denied_total": n.forward_auth_denied,
                 "spark": {
                     "requests_per_s": spark(&|a, b, s| {
                         let (a, b) = (a.routes.get(&name).unwrap_or(&empty_r), b.routes.get(&name).unwrap_or(&empty_r));
