@@ -16,7 +16,11 @@
 //!   full TLS 1.3 handshakes (X25519, ECDSA P-256), since wrk does not resume TLS 1.3 sessions;
 //! * `idle_10k`: RSS with 10,000 idle keep-alive connections (one request each, then idle);
 //! * `h1_full` (gateway only): the route with the full policy chain: JWT RS256 (token cached),
-//!   a local rate limit that never triggers, consistent hashing on a header, metrics.
+//!   a local rate limit that never triggers, consistent hashing on a header, metrics;
+//! * `h1_all` (gateway only): `h1_full` plus every second-wave route policy: CORS (an allowed
+//!   `Origin`), forward auth (its verdict cached), request and response header rules, and
+//!   `compress = true` (the origin's small JSON stays under the 1 KiB threshold: checked, not
+//!   compressed).
 //!
 //! Per scenario: requests/s, p50/p99 latency, CPU seconds of the proxy's processes per 100,000
 //! requests (steadiest on a shared machine), peak RSS. Output: a Markdown table with medians
@@ -173,6 +177,25 @@ targets = [{{ addr = "{origin}" }}]
 name = "h2up"
 match = {{ path_prefix = "/h2up" }}
 upstream = "h2up"
+
+[cors.bench]
+allow_origins = ["https://app.bench"]
+
+[forward_auth.bench]
+url = "http://{origin}/verify"
+cache = "60s"
+
+[[routes]]
+name = "all"
+match = {{ path_prefix = "/all" }}
+upstream = "sharded"
+jwt = "bench"
+rate_limit = "high"
+cors = "bench"
+forward_auth = "bench"
+request_headers = {{ set = {{ "x-env" = "bench" }} }}
+response_headers = {{ set = {{ "strict-transport-security" = "max-age=31536000" }}, remove = ["x-served-by"] }}
+compress = true
 
 [[routes]]
 name = "full"
@@ -670,6 +693,13 @@ fn main() {
                     "x-user-id: 42".into(),
                 ];
                 put("h1_full", h1(&p, "/full", &headers, secs));
+                let all = [
+                    headers[0].clone(),
+                    headers[1].clone(),
+                    "Origin: https://app.bench".into(),
+                    "Accept-Encoding: gzip, br, zstd".into(),
+                ];
+                put("h1_all", h1(&p, "/all", &all, secs));
             }
             idle.entry(name.to_string()).or_default().push(idle_10k(&p));
         }
@@ -686,7 +716,7 @@ fn main() {
         };
     let mut table = String::new();
     table.push_str("| scenario | proxy | req/s | p50 ms | p99 ms | CPU s / 100k req | × nginx CPU | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n");
-    let scenarios = ["h1", "h1_full", "h1_rate", "h2", "h2_h2", "tls_new"];
+    let scenarios = ["h1", "h1_full", "h1_all", "h1_rate", "h2", "h2_h2", "tls_new"];
     for scenario in scenarios {
         let nginx_cpu = stat("nginx", scenario, &|s| s.cpu_per_100k)
             .or_else(|| stat("nginx", "h1", &|s| s.cpu_per_100k))

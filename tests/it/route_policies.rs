@@ -805,3 +805,41 @@ cors = "app"
     );
     assert!(text.contains("gateway_cors_preflights_total{outcome=\"refused\",route=\"api\"} 1"));
 }
+
+/// Python's own decoders (`gzip`, `brotli`, `zstandard`) read what the gateway wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pythons_decoders_read_every_coding_back_to_the_origins_bytes() {
+    crate::harness::require_python_module("brotli", "brotli");
+    crate::harness::require_python_module("zstandard", "zstandard");
+    let up = compressible_origin().await;
+    let gw = Gateway::start(&crate::harness::simple_config(&[up], "compress = true"));
+    let plain = send(
+        gw.addr("http"),
+        request("GET", "/json", &[("accept-encoding", "identity")], Bytes::new()),
+    )
+    .await
+    .body;
+    for coding in ["gzip", "br", "zstd"] {
+        let res = send(
+            gw.addr("http"),
+            request("GET", "/json", &[("accept-encoding", coding)], Bytes::new()),
+        )
+        .await;
+        assert_eq!(res.header("content-encoding"), coding);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("body");
+        std::fs::write(&file, &res.body).unwrap();
+        let decode = match coding {
+            "gzip" => "import gzip,sys; sys.stdout.buffer.write(gzip.decompress(open(sys.argv[1],'rb').read()))",
+            "br" => "import brotli,sys; sys.stdout.buffer.write(brotli.decompress(open(sys.argv[1],'rb').read()))",
+            _ => "import zstandard,sys; sys.stdout.buffer.write(zstandard.ZstdDecompressor().decompressobj().decompress(open(sys.argv[1],'rb').read()))",
+        };
+        let out = std::process::Command::new("python3")
+            .args(["-c", decode])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{coding}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.stdout, plain.to_vec(), "{coding}: decoded bytes differ");
+    }
+}
