@@ -716,7 +716,9 @@ fn main() {
         };
     let mut table = String::new();
     table.push_str("| scenario | proxy | req/s | p50 ms | p99 ms | CPU s / 100k req | × nginx CPU | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n");
-    let scenarios = ["h1", "h1_full", "h1_all", "h1_rate", "h2", "h2_h2", "tls_new"];
+    let scenarios = [
+        "h1", "h1_full", "h1_all", "h1_rate", "h2", "h2_h2", "tls_new",
+    ];
     for scenario in scenarios {
         let nginx_cpu = stat("nginx", scenario, &|s| s.cpu_per_100k)
             .or_else(|| stat("nginx", "h1", &|s| s.cpu_per_100k))

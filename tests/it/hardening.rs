@@ -1,37 +1,20 @@
 //! Hardening round two (SPEC §8.2): one normalised path, identity headers nobody can forge,
 //! secrets never printed, only WebSocket upgrades, HTTP/2 WINDOW_UPDATE floods cut.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 
 use crate::client::{h2_send, raw, tls_connect};
-use crate::harness::{full, origin, Gateway};
+use crate::harness::Gateway;
 
 const SECRET: &str = "hardening-test-secret-0123456789abcdef";
 
-/// What the origin saw of each request: the raw path and query, and the headers.
-type Seen = Arc<Mutex<Vec<(String, http::HeaderMap)>>>;
+type Seen = crate::harness::SeenLog;
 
 async fn recording_origin() -> (std::net::SocketAddr, Seen) {
-    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    let addr = origin(move |req: http::Request<hyper::body::Incoming>| {
-        let log = log.clone();
-        async move {
-            let target = req
-                .uri()
-                .path_and_query()
-                .map_or("", |p| p.as_str())
-                .to_string();
-            log.lock().unwrap().push((target, req.headers().clone()));
-            http::Response::new(full("origin"))
-        }
-    })
-    .await;
-    (addr, seen)
+    crate::harness::recording_origin(|_| {}).await
 }
 
 fn token(sub: &str) -> String {
@@ -218,13 +201,13 @@ async fn a_path_corpus_never_reaches_a_protected_route_without_a_token() {
     )
     .await;
     assert_eq!(status_of(&text), 200, "{text}");
-    let got = seen.lock().unwrap()[before].0.clone();
+    let got = seen.lock().unwrap()[before].target.clone();
     assert_eq!(got, "/admin/x-y");
 }
 
 fn check(path: &str, want: Want, status: u16, seen: &Seen, before: usize, how: &str) {
     let now = seen.lock().unwrap();
-    let forwarded: Vec<&String> = now[before..].iter().map(|r| &r.0).collect();
+    let forwarded: Vec<&String> = now[before..].iter().map(|r| &r.target).collect();
     match want {
         Want::Refused => {
             assert_eq!(status, 400, "{how} {path}: expected 400, got {status}");
@@ -281,7 +264,7 @@ async fn encoded_slashes_can_be_kept_but_never_become_separators() {
         .await;
         assert_eq!(status_of(&text), status, "{path}: {text}");
         let now = seen.lock().unwrap();
-        let got: Vec<&str> = now[before..].iter().map(|r| r.0.as_str()).collect();
+        let got: Vec<&str> = now[before..].iter().map(|r| r.target.as_str()).collect();
         assert_eq!(got, fwd.into_iter().collect::<Vec<_>>(), "{path}");
     }
 }
@@ -294,7 +277,7 @@ async fn identity_headers_cannot_be_forged_or_removed_with_connection() {
     let https = gw.addr("https");
     let header = |i: usize, name: &str| -> Option<String> {
         seen.lock().unwrap()[i]
-            .1
+            .headers
             .get(name)
             .map(|v| v.to_str().unwrap().to_string())
     };
@@ -362,7 +345,7 @@ async fn only_websocket_upgrades_are_tunnelled_and_h2c_is_never_forwarded() {
     .await;
     assert_eq!(status_of(&text), 200, "{text}");
     let now = seen.lock().unwrap();
-    let h = &now[before].1;
+    let h = &now[before].headers;
     assert!(h.get("upgrade").is_none(), "Upgrade: h2c was forwarded");
     assert!(
         h.get("http2-settings").is_none(),

@@ -500,3 +500,40 @@ pub fn redis_server(addr: SocketAddr, dir: &Path, extra: &[&str]) -> Proc {
     }
     proc
 }
+
+/// What a recording origin saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query as received.
+    pub target: String,
+    pub headers: http::HeaderMap,
+}
+
+pub type SeenLog = std::sync::Arc<std::sync::Mutex<Vec<Seen>>>;
+
+/// An origin that records every request (method, target, headers) and answers `origin`,
+/// with `decorate` applied to its response headers.
+pub async fn recording_origin(decorate: fn(&mut http::HeaderMap)) -> (SocketAddr, SeenLog) {
+    let seen: SeenLog = Default::default();
+    let log = seen.clone();
+    let addr = origin(move |req: http::Request<hyper::body::Incoming>| {
+        let log = log.clone();
+        async move {
+            log.lock().unwrap().push(Seen {
+                method: req.method().to_string(),
+                target: req
+                    .uri()
+                    .path_and_query()
+                    .map_or("", |p| p.as_str())
+                    .to_string(),
+                headers: req.headers().clone(),
+            });
+            let mut res = http::Response::new(full("origin"));
+            decorate(res.headers_mut());
+            res
+        }
+    })
+    .await;
+    (addr, seen)
+}

@@ -9,31 +9,19 @@ use http_body_util::BodyExt as _;
 use crate::client::{request, send};
 use crate::harness::{full, gateway_cmd, origin, Gateway};
 
-type Seen = Arc<Mutex<Vec<(String, http::HeaderMap)>>>;
+type Seen = crate::harness::SeenLog;
 
 /// An origin that records what it receives and answers with CORS headers of its own (which
 /// the gateway must replace on CORS routes) and a `server` header.
 async fn recording_origin() -> (std::net::SocketAddr, Seen) {
-    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    let addr = origin(move |req: http::Request<hyper::body::Incoming>| {
-        let log = log.clone();
-        async move {
-            log.lock()
-                .unwrap()
-                .push((req.method().to_string(), req.headers().clone()));
-            let mut res = http::Response::new(full("origin"));
-            res.headers_mut()
-                .insert("server", "origin/1.0".parse().unwrap());
-            res.headers_mut().insert(
-                "access-control-allow-origin",
-                "https://upstream-says.example".parse().unwrap(),
-            );
-            res
-        }
+    crate::harness::recording_origin(|h| {
+        h.insert("server", "origin/1.0".parse().unwrap());
+        h.insert(
+            "access-control-allow-origin",
+            "https://upstream-says.example".parse().unwrap(),
+        );
     })
-    .await;
-    (addr, seen)
+    .await
 }
 
 fn config(up: std::net::SocketAddr) -> String {
@@ -106,7 +94,7 @@ async fn header_rules_shape_requests_and_every_response_of_the_route() {
     )
     .await;
     assert_eq!(res.status, 200);
-    let h = seen.lock().unwrap()[0].1.clone();
+    let h = seen.lock().unwrap()[0].headers.clone();
     assert_eq!(h["x-env"], "prod", "set replaces");
     let tags: Vec<&str> = h
         .get_all("x-tag")
@@ -359,7 +347,7 @@ upstream = "app"
         "the handshake must fail without a certificate"
     );
     assert_eq!(curl(addr, "/partners/x", true), "200");
-    let h = seen.lock().unwrap().last().unwrap().1.clone();
+    let h = seen.lock().unwrap().last().unwrap().headers.clone();
     assert_eq!(h["x-client-cert-subject"], "CN=gateway-client");
     let der = std::fs::read_to_string(&pki.client_cert).unwrap();
     let der = rustls_pki_types::pem::PemObject::from_pem_slice(der.as_bytes())
@@ -526,9 +514,11 @@ async fn auth_service() -> (std::net::SocketAddr, Seen) {
     let addr = origin(move |req: http::Request<hyper::body::Incoming>| {
         let log = log.clone();
         async move {
-            log.lock()
-                .unwrap()
-                .push((req.method().to_string(), req.headers().clone()));
+            log.lock().unwrap().push(crate::harness::Seen {
+                method: req.method().to_string(),
+                target: req.uri().to_string(),
+                headers: req.headers().clone(),
+            });
             let auth = req
                 .headers()
                 .get("authorization")
@@ -618,15 +608,21 @@ forward_auth = "lenient"
     )
     .await;
     assert_eq!(res.status, 200);
-    let h = upstream_seen.lock().unwrap().last().unwrap().1.clone();
+    let h = upstream_seen
+        .lock()
+        .unwrap()
+        .last()
+        .unwrap()
+        .headers
+        .clone();
     assert_eq!(h["x-user"], "alice");
     let asked = auth_seen.lock().unwrap().last().unwrap().clone();
-    assert_eq!(asked.0, "GET");
-    assert_eq!(asked.1["x-forwarded-method"], "GET");
-    assert_eq!(asked.1["x-forwarded-uri"], "/strict/orders?id=7");
-    assert_eq!(asked.1["x-forwarded-proto"], "http");
-    assert_eq!(asked.1["x-forwarded-for"], "127.0.0.1");
-    assert!(asked.1.get("x-request-id").is_some());
+    assert_eq!(asked.method, "GET");
+    assert_eq!(asked.headers["x-forwarded-method"], "GET");
+    assert_eq!(asked.headers["x-forwarded-uri"], "/strict/orders?id=7");
+    assert_eq!(asked.headers["x-forwarded-proto"], "http");
+    assert_eq!(asked.headers["x-forwarded-for"], "127.0.0.1");
+    assert!(asked.headers.get("x-request-id").is_some());
     // 4xx: the auth service's answer, as it gave it; the upstream is not called.
     let before = upstream_seen.lock().unwrap().len();
     let res = ask("/strict/x", "Bearer nope", vec![]).await;
@@ -781,7 +777,12 @@ cors = "app"
         serde_json::json!("200 id"),
         "the allowed origin's call"
     );
-    let methods: Vec<String> = seen.lock().unwrap().iter().map(|r| r.0.clone()).collect();
+    let methods: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.method.clone())
+        .collect();
     assert_eq!(
         methods,
         ["PUT"],
@@ -815,7 +816,12 @@ async fn pythons_decoders_read_every_coding_back_to_the_origins_bytes() {
     let gw = Gateway::start(&crate::harness::simple_config(&[up], "compress = true"));
     let plain = send(
         gw.addr("http"),
-        request("GET", "/json", &[("accept-encoding", "identity")], Bytes::new()),
+        request(
+            "GET",
+            "/json",
+            &[("accept-encoding", "identity")],
+            Bytes::new(),
+        ),
     )
     .await
     .body;
@@ -839,7 +845,11 @@ async fn pythons_decoders_read_every_coding_back_to_the_origins_bytes() {
             .arg(&file)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{coding}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{coding}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(out.stdout, plain.to_vec(), "{coding}: decoded bytes differ");
     }
 }
