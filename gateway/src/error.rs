@@ -140,7 +140,17 @@ impl GatewayError {
 
     /// The JSON answer for this error.
     pub fn to_response(&self, request_id: &HeaderValue) -> Response<ResBody> {
-        let mut res = json_error(self.status(), &self.public_message(), request_id);
+        self.to_response_traced(request_id, None)
+    }
+
+    /// The JSON answer, with the request's trace id beside its request id.
+    pub fn to_response_traced(
+        &self,
+        request_id: &HeaderValue,
+        trace_id: Option<&str>,
+    ) -> Response<ResBody> {
+        let mut res =
+            json_error_traced(self.status(), &self.public_message(), request_id, trace_id);
         if let Self::RateLimited(d) = self {
             d.add_headers(res.headers_mut());
         }
@@ -172,11 +182,25 @@ pub fn json_error(
     message: &str,
     request_id: &HeaderValue,
 ) -> Response<ResBody> {
-    let mut body = String::with_capacity(48 + message.len());
+    json_error_traced(status, message, request_id, None)
+}
+
+/// `json_error` with `"trace_id"` when the request has one.
+pub fn json_error_traced(
+    status: StatusCode,
+    message: &str,
+    request_id: &HeaderValue,
+    trace_id: Option<&str>,
+) -> Response<ResBody> {
+    let mut body = String::with_capacity(96 + message.len());
     body.push_str("{\"error\":");
     push_json_string(&mut body, message);
     body.push_str(",\"request_id\":");
     push_json_string(&mut body, request_id.to_str().unwrap_or(""));
+    if let Some(t) = trace_id {
+        body.push_str(",\"trace_id\":");
+        push_json_string(&mut body, t);
+    }
     body.push_str("}\n");
     let mut res = Response::new(ResBody::full(Bytes::from(body)));
     *res.status_mut() = status;

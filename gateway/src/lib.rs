@@ -39,6 +39,8 @@ pub(crate) mod events;
 pub mod metrics;
 // gRPC: status mapping, trailers-only answers, grpc-timeout.
 pub(crate) mod grpc;
+// W3C trace context.
+pub(crate) mod trace;
 
 // (1) bytes to requests.
 pub mod edge;

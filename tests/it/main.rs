@@ -24,4 +24,5 @@ mod restart;
 mod route_policies;
 mod security;
 mod status_page;
+mod tracing;
 mod upstream_reach;

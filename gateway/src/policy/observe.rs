@@ -83,6 +83,10 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
+        // W3C trace context: continued or started; the upstream gets our span as its parent.
+        let trace = crate::trace::TraceContext::from_headers(req.headers(), true);
+        req.headers_mut()
+            .insert(crate::trace::TRACEPARENT, trace.header());
         let conn = req.extensions().get::<Arc<ConnInfo>>().cloned();
         let client = conn
             .as_ref()
@@ -106,6 +110,8 @@ where
             status: 0,
             reason: None,
             grpc: crate::grpc::is_grpc(req.headers()),
+            trace,
+            user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
             origin: self
                 .obs
                 .cors
@@ -134,6 +140,8 @@ struct LogCtx {
     reason: Option<&'static str>,
     /// A gRPC request: the gateway's own answers go in trailers-only form, statuses counted.
     grpc: bool,
+    trace: crate::trace::TraceContext,
+    user_agent: Option<HeaderValue>,
     /// The request's `Origin`, on CORS routes.
     origin: Option<HeaderValue>,
     /// A CORS preflight (answered whole by the CORS layer; not decorated again).
@@ -183,7 +191,7 @@ where
                 if matches!(err, GatewayError::Connect(_) | GatewayError::Upstream(_)) {
                     tracing::warn!(request_id = %DisplayHeader(&ctx.id), route = %ctx.obs.name, error = %err, "upstream failure");
                 }
-                let reply = err.to_response(&ctx.id);
+                let reply = err.to_response_traced(&ctx.id, Some(&ctx.trace.trace_id_hex()));
                 if ctx.grpc {
                     let res = crate::grpc::trailers_only(reply, &err.public_message());
                     if let Some(code) = crate::grpc::status_of(res.headers()) {
@@ -310,6 +318,8 @@ impl Drop for ObservedBody {
         tracing::info!(
             target: "access",
             request_id = %DisplayHeader(&ctx.id),
+            trace_id = %ctx.trace.trace_id_hex(),
+            user_agent = ctx.user_agent.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
             listener = ctx.conn.as_ref().map_or("", |c| c.listener.name.as_str()),
             client = %DisplayOpt(ctx.client),
             protocol = version_str(ctx.version),
