@@ -81,33 +81,51 @@ impl TraceContext {
         }
     }
 
-    /// The trace id as 32 lower-case hex digits.
-    pub fn trace_id_hex(&self) -> String {
-        hex(&self.trace_id)
+    /// The trace id as 32 lower-case hex digits (on the stack: no allocation per request).
+    pub fn trace_id_hex(&self) -> TraceIdHex {
+        let mut out = [0u8; 32];
+        hex_into(&self.trace_id, &mut out);
+        TraceIdHex(out)
     }
 
     /// `traceparent` for the upstream: our span as the parent.
     pub fn header(&self) -> HeaderValue {
-        let v = format!(
-            "00-{}-{}-{}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            if self.sampled { "01" } else { "00" }
-        );
-        HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static(
+        // "00-" 32 hex "-" 16 hex "-" 2 hex
+        let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_into(&self.trace_id, &mut v[3..35]);
+        hex_into(&self.span_id, &mut v[36..52]);
+        if self.sampled {
+            v[54] = b'1';
+        }
+        HeaderValue::from_bytes(&v).unwrap_or(HeaderValue::from_static(
             "00-00000000000000000000000000000000-0000000000000000-00",
         ))
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const H: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(H[usize::from(b >> 4)]));
-        s.push(char::from(H[usize::from(b & 15)]));
+/// A trace id in hex, for logs and error bodies.
+#[derive(Clone, Copy)]
+pub struct TraceIdHex([u8; 32]);
+
+impl TraceIdHex {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written.
+        std::str::from_utf8(&self.0).unwrap_or("")
     }
-    s
+}
+
+impl std::fmt::Display for TraceIdHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const H: &[u8; 16] = b"0123456789abcdef";
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = H[usize::from(b >> 4)];
+        pair[1] = H[usize::from(b & 15)];
+    }
 }
 
 #[cfg(test)]
@@ -126,7 +144,10 @@ mod tests {
             &h("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
             false,
         );
-        assert_eq!(t.trace_id_hex(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(
+            t.trace_id_hex().as_str(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
         assert!(t.sampled);
         let out = t.header();
         let out = out.to_str().unwrap();
@@ -150,7 +171,7 @@ mod tests {
         ] {
             let t = TraceContext::from_headers(&h(bad), true);
             assert_ne!(
-                t.trace_id_hex(),
+                t.trace_id_hex().as_str(),
                 "0af7651916cd43dd8448eb211c80319c",
                 "{bad}"
             );

@@ -268,7 +268,7 @@ fn check_refuses_dangerous_header_rules_and_star_with_credentials() {
             "[cors.open]\nallow_origins = [\"*\"]\nallow_credentials = true\n",
             "allow_credentials = true with allow_origins = [\"*\"]",
         ),
-        ("cors = \"missing\"", "", "cors"),
+        ("cors = \"missing\"", "", "cors policy \"missing\" is not defined"),
     ] {
         std::fs::write(
             &cfg,

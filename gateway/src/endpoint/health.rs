@@ -4,15 +4,11 @@
 //! `healthy_threshold` successes in a row bring it back; 2xx and 3xx are healthy. Endpoints
 //! start up. One prober per endpoint, off the request path, on its own connection.
 
-use std::net::SocketAddr;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request};
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::{Endpoint, ProbeResult};
 use crate::body::ReqBody;
@@ -50,11 +46,7 @@ pub fn spawn(upstream: Weak<dyn Watcher>, endpoint: Weak<Endpoint>, policy: Heal
                 // A newer config generation probes this endpoint now.
                 return;
             }
-            let result = if policy.grpc || ep.pool.is_tls() || ep.pool.is_h2_only() {
-                probe_via_pool(&ep, &policy).await
-            } else {
-                probe(ep.addr, &policy.path, policy.timeout).await
-            };
+            let result = probe(&ep, &policy).await;
             let ok = result.ok;
             ep.set_last_probe(result);
             if ok {
@@ -104,46 +96,10 @@ fn jitter(d: Duration) -> Duration {
     Duration::from_millis(ms - spread + fastrand::u64(0..=2 * spread))
 }
 
-/// One probe: GET `path` on a fresh connection, within `timeout`.
-pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> ProbeResult {
-    let started = Instant::now();
-    let outcome = tokio::time::timeout(timeout, async {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        let conn = tokio::spawn(conn);
-        let host = HeaderValue::from_str(&addr.to_string()).map_err(|e| e.to_string())?;
-        let req = Request::get(path)
-            .header(header::HOST, host)
-            .header(header::USER_AGENT, "gateway-health-check")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        conn.abort();
-        Ok::<u16, String>(res.status().as_u16())
-    })
-    .await;
-    let (status, error) = match outcome {
-        Ok(Ok(s)) => (Some(s), None),
-        Ok(Err(e)) => (None, Some(e)),
-        Err(_) => (None, Some(format!("timed out after {timeout:?}"))),
-    };
-    ProbeResult {
-        at_ms: clock::now_ms(),
-        ok: status.is_some_and(|s| (200..400).contains(&s)),
-        status,
-        error,
-        duration_ms: started.elapsed().as_millis() as u64,
-    }
-}
-
-/// One probe over the endpoint's own protocol (TLS, HTTP/2): a GET on `path`, or with
-/// `grpc = true` a `grpc.health.v1.Health/Check` for `service` (SERVING passes).
-pub async fn probe_via_pool(ep: &Endpoint, policy: &HealthCheck) -> ProbeResult {
+/// One probe over the endpoint's own protocol (plain or TLS, HTTP/1.1 on a fresh connection,
+/// or a stream of an HTTP/2 one): a GET on `path`, or with `grpc = true` a
+/// `grpc.health.v1.Health/Check` for `service` (SERVING passes), within `timeout`.
+pub async fn probe(ep: &Endpoint, policy: &HealthCheck) -> ProbeResult {
     use http_body_util::BodyExt;
     let started = Instant::now();
     let outcome = tokio::time::timeout(policy.timeout, async {
@@ -244,18 +200,37 @@ mod tests {
             },
         )
         .unwrap();
-        let r = probe(b.addr, "/health", Duration::from_secs(1)).await;
+        let policy = HealthCheck {
+            path: "/health".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+            grpc: false,
+            service: String::new(),
+        };
+        let endpoint = |addr| {
+            Endpoint::new(
+                "p".into(),
+                addr,
+                None,
+                crate::metrics::EndpointMetrics::detached(),
+                &crate::endpoint::tests::upstream_cfg(),
+            )
+        };
+        let ep = endpoint(b.addr);
+        let r = probe(&ep, &policy).await;
         assert!(r.ok, "{r:?}");
         assert_eq!(r.status, Some(200));
         b.state.set_healthy(false);
-        let r = probe(b.addr, "/health", Duration::from_secs(1)).await;
+        let r = probe(&ep, &policy).await;
         assert!(!r.ok);
         assert_eq!(r.status, Some(503));
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        let r = probe(closed, "/health", Duration::from_secs(1)).await;
+        let r = probe(&endpoint(closed), &policy).await;
         assert!(!r.ok);
         assert!(r.error.unwrap().starts_with("connect"));
     }

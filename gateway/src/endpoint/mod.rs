@@ -81,7 +81,7 @@ impl Endpoint {
             id,
             addr,
             backup_of,
-            pool: Pool::new(addr, cfg, &metrics),
+            pool: Pool::new(addr, &cfg.into(), &metrics),
             metrics,
             healthy: AtomicBool::new(true),
             last_probe: ArcSwapOption::empty(),
@@ -226,11 +226,11 @@ impl Shard {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::metrics::Metrics;
 
-    fn upstream_cfg() -> Upstream {
+    pub(crate) fn upstream_cfg() -> Upstream {
         Upstream {
             name: "u".into(),
             balancer: crate::config::BalancerKind::RoundRobin,

@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::ReqBody;
-use crate::config::{Protocol, Upstream};
+use crate::config::{Protocol, Upstream, UpstreamTls};
 use crate::metrics::EndpointMetrics;
 
 /// An idle connection older than this is closed rather than reused: upstream servers close
@@ -139,11 +139,32 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// How a pool reaches its endpoint: what an upstream's config says of it.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    pub protocol: Protocol,
+    pub tls: Option<UpstreamTls>,
+    /// Idle HTTP/1.1 connections kept (`max_idle_per_target`).
+    pub max_idle: usize,
+    /// Streams per HTTP/2 connection (`h2_max_streams_per_connection`).
+    pub max_streams: u32,
+}
+
+impl From<&Upstream> for PoolOptions {
+    fn from(cfg: &Upstream) -> Self {
+        Self {
+            protocol: cfg.protocol,
+            tls: cfg.tls.clone(),
+            max_idle: cfg.max_idle_per_target,
+            max_streams: cfg.h2_max_streams_per_connection,
+        }
+    }
+}
+
 impl Pool {
-    /// The pool of the endpoint at `addr` of upstream `cfg`. `max_idle_per_target` idle
-    /// HTTP/1.1 connections are kept; more are closed when they come back, so a burst's
-    /// connections do not all stay open.
-    pub fn new(addr: SocketAddr, cfg: &Upstream, metrics: &EndpointMetrics) -> Self {
+    /// The pool of the endpoint at `addr`. `max_idle` idle HTTP/1.1 connections are kept;
+    /// more are closed when they come back, so a burst's connections do not all stay open.
+    pub fn new(addr: SocketAddr, cfg: &PoolOptions, metrics: &EndpointMetrics) -> Self {
         let tls = cfg.tls.as_ref().map(|t| {
             let name = match &t.server_name {
                 Some(n) => ServerName::try_from(n.clone())
@@ -152,13 +173,13 @@ impl Pool {
             };
             (tokio_rustls::TlsConnector::from(t.client.clone()), name)
         });
-        let max_idle = cfg.max_idle_per_target;
+        let max_idle = cfg.max_idle;
         Self {
             dialer: Dialer {
                 addr,
                 protocol: cfg.protocol,
                 tls,
-                max_streams: cfg.h2_max_streams_per_connection.max(1),
+                max_streams: cfg.max_streams.max(1),
             },
             idle: (max_idle > 0).then(|| ArrayQueue::new(max_idle)),
             h2: ArcSwap::from_pointee(Vec::new()),
@@ -256,11 +277,6 @@ impl Pool {
             return Ok(s);
         }
         self.connect(timeout).await
-    }
-
-    /// Whether this endpoint speaks only HTTP/2 (`protocol = "h2"`).
-    pub fn is_h2_only(&self) -> bool {
-        self.dialer.protocol == Protocol::H2
     }
 
     /// Whether this endpoint is reached over TLS.

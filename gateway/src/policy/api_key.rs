@@ -75,7 +75,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let policy = &self.layer.policy;
-        req.headers_mut().remove(X_API_KEY_NAME);
+        // A forged `x-api-key-name` is gone already: the router strips every identity header.
         let name = req
             .headers()
             .get(&policy.header)

@@ -179,8 +179,19 @@ where
             })));
         };
         let mut grpc_counted = !ctx.grpc;
-        let res = match result {
-            Ok(res) => res,
+        // A gRPC caller gets every gateway-made answer (an error here, a 429 or a fallback
+        // made further in) in trailers-only form.
+        let (res, grpc_message) = match result {
+            Ok(res) => {
+                let made_here = ctx.grpc
+                    && res.status() != http::StatusCode::OK
+                    && matches!(res.body(), ResBody::Full(_));
+                let message = made_here.then(|| {
+                    let reason = res.status().canonical_reason().unwrap_or("error");
+                    std::borrow::Cow::Owned(reason.to_ascii_lowercase())
+                });
+                (res, message)
+            }
             Err(err) => {
                 ctx.reason = Some(err.reason());
                 if let (GatewayError::BodyTimeout, Some(c)) = (&err, ctx.conn.as_deref()) {
@@ -191,43 +202,16 @@ where
                 if matches!(err, GatewayError::Connect(_) | GatewayError::Upstream(_)) {
                     tracing::warn!(request_id = %DisplayHeader(&ctx.id), route = %ctx.obs.name, error = %err, "upstream failure");
                 }
-                let reply = err.to_response_traced(&ctx.id, Some(&ctx.trace.trace_id_hex()));
-                if ctx.grpc {
-                    let res = crate::grpc::trailers_only(reply, &err.public_message());
-                    if let Some(code) = crate::grpc::status_of(res.headers()) {
-                        ctx.obs.metrics.grpc.inc(code);
-                        grpc_counted = true;
-                    }
-                    res
-                } else {
-                    reply
-                }
+                let reply =
+                    err.to_response_traced(&ctx.id, Some(ctx.trace.trace_id_hex().as_str()));
+                (reply, ctx.grpc.then(|| err.public_message()))
             }
         };
-        if ctx.grpc
-            && res.status() != http::StatusCode::OK
-            && matches!(res.body(), ResBody::Full(_))
-        {
-            // A gateway answer made elsewhere (a 429, a fallback): trailers-only too.
-            let message = res
-                .status()
-                .canonical_reason()
-                .unwrap_or("error")
-                .to_ascii_lowercase();
-            let res2 = crate::grpc::trailers_only(res, &message);
-            if let Some(code) = crate::grpc::status_of(res2.headers()) {
-                ctx.obs.metrics.grpc.inc(code);
-            }
-            ctx.status = res2.status().as_u16();
-            return Poll::Ready(Ok(res2.map(|inner| ObservedBody {
-                inner,
-                ctx: Some(ctx),
-                bytes: 0,
-                ended: false,
-                grpc_counted: true,
-            })));
-        }
-        // The upstream's answer: a trailers-only status is counted now, else from the trailers.
+        let mut res = match grpc_message {
+            Some(message) => crate::grpc::trailers_only(res, &message),
+            None => res,
+        };
+        // A trailers-only status is counted now; any other from the trailers as they pass.
         if !grpc_counted {
             if let Some(code) = crate::grpc::status_of(res.headers()) {
                 ctx.obs.metrics.grpc.inc(code);
@@ -237,7 +221,6 @@ where
         if res.extensions().get::<crate::ctx::Degraded>().is_some() {
             ctx.reason = Some("fallback");
         }
-        let mut res = res;
         if let Some(rules) = &ctx.obs.response_headers {
             rules.apply(res.headers_mut());
         }

@@ -103,19 +103,13 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
-        let redirect = parts
-            .extensions
-            .get::<Arc<ConnInfo>>()
-            .is_some_and(|c| c.listener.redirect_https.is_some());
         let mut found = None;
         protect_identity(&mut parts.headers, &self.inner.identity);
+        let conn = parts.extensions.get::<Arc<ConnInfo>>();
+        let redirect = conn.is_some_and(|c| c.listener.redirect_https.is_some());
         // A verified client certificate goes upstream (and is a key for hashing and rate
         // limits, so it is set before them).
-        if let Some(cert) = parts
-            .extensions
-            .get::<Arc<ConnInfo>>()
-            .and_then(|c| c.client_cert.clone())
-        {
+        if let Some(cert) = conn.and_then(|c| c.client_cert.as_ref()) {
             parts
                 .headers
                 .insert(crate::ctx::X_CLIENT_CERT_SUBJECT, cert.subject.clone());
@@ -194,9 +188,7 @@ pub fn is_preflight(method: &http::Method, headers: &HeaderMap) -> bool {
 /// removal before forwarding (`upstream/headers.rs`) cannot take away what the gateway set.
 fn protect_identity(headers: &mut HeaderMap, identity: &[HeaderName]) {
     for name in identity {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
+        headers.remove(name);
     }
     if !headers.contains_key(header::CONNECTION) {
         return;

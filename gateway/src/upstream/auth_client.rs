@@ -10,8 +10,8 @@ use http::Request;
 use http_body_util::BodyExt;
 
 use crate::body::ReqBody;
-use crate::config::{ForwardAuthPolicy, Protocol, Upstream};
-use crate::endpoint::pool::{fit_request, Pool, Sender};
+use crate::config::{ForwardAuthPolicy, Protocol};
+use crate::endpoint::pool::{fit_request, Pool, PoolOptions, Sender};
 use crate::metrics::EndpointMetrics;
 use crate::policy::forward_auth::{AuthAnswer, Subrequest, MAX_AUTH_BODY};
 
@@ -25,23 +25,11 @@ pub struct AuthClient {
 
 impl AuthClient {
     pub fn new(policy: &ForwardAuthPolicy, metrics: &EndpointMetrics) -> Self {
-        let cfg = Upstream {
-            name: String::new(),
-            balancer: crate::config::BalancerKind::RoundRobin,
-            hash_on: None,
-            on_missing_key: crate::config::OnMissingKey::Reject,
-            connect_timeout: policy.timeout,
-            targets: Vec::new(),
-            maglev_table_size: None,
-            health: None,
-            outlier: None,
-            circuit_breaker: None,
-            max_in_flight: None,
-            max_pending: None,
-            max_idle_per_target: 16,
+        let cfg = PoolOptions {
             protocol: Protocol::Http1,
             tls: policy.tls.clone(),
-            h2_max_streams_per_connection: 100,
+            max_idle: 16,
+            max_streams: 100,
         };
         Self {
             pool: Arc::new(Pool::new(policy.addr, &cfg, metrics)),

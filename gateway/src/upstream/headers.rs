@@ -220,13 +220,7 @@ mod tests {
         p.version = Version::HTTP_2;
         p.headers.append("cookie", "a=1".parse().unwrap());
         p.headers.append("cookie", "b=2".parse().unwrap());
-        let hop = Hop {
-            peer: "127.0.0.1".parse().unwrap(),
-            peer_header: None,
-            https: true,
-            trusted_proxies: &[],
-            host_rewrite: None,
-        };
+        let hop = hop("127.0.0.1", true);
         prepare(&mut p, &hop).unwrap();
         let all: Vec<_> = p.headers.get_all("cookie").iter().collect();
         assert_eq!(all, ["a=1; b=2"]);
@@ -246,6 +240,16 @@ mod tests {
         assert!(h.contains_key("x-kept"));
     }
 
+    fn hop(peer: &str, https: bool) -> Hop<'static> {
+        Hop {
+            peer: peer.parse().unwrap(),
+            peer_header: None,
+            https,
+            trusted_proxies: &[],
+            host_rewrite: None,
+        }
+    }
+
     #[test]
     fn prepares_forwarded_headers_for_an_untrusted_peer() {
         let mut p = req(
@@ -257,13 +261,7 @@ mod tests {
                 ("x-forwarded-host", "evil"),
             ],
         );
-        let hop = Hop {
-            peer: "127.0.0.1".parse().unwrap(),
-            peer_header: None,
-            https: true,
-            trusted_proxies: &[],
-            host_rewrite: None,
-        };
+        let hop = hop("127.0.0.1", true);
         prepare(&mut p, &hop).unwrap();
         assert_eq!(p.headers["x-forwarded-for"], "127.0.0.1");
         assert_eq!(p.headers["x-forwarded-proto"], "https");
@@ -285,11 +283,9 @@ mod tests {
         let trusted = nets(&["127.0.0.0/8"]);
         let rewrite = HeaderValue::from_static("users.internal");
         let hop = Hop {
-            peer: "127.0.0.1".parse().unwrap(),
-            peer_header: None,
-            https: false,
             trusted_proxies: &trusted,
             host_rewrite: Some(&rewrite),
+            ..hop("127.0.0.1", false)
         };
         prepare(&mut p, &hop).unwrap();
         assert_eq!(p.headers["x-forwarded-for"], "1.1.1.1, 127.0.0.1");
@@ -302,13 +298,7 @@ mod tests {
     fn http2_authority_becomes_the_host_and_origin_form() {
         let mut p = req("https://api.example.com:8443/a?b", &[]);
         p.version = Version::HTTP_2;
-        let hop = Hop {
-            peer: "::1".parse().unwrap(),
-            peer_header: None,
-            https: true,
-            trusted_proxies: &[],
-            host_rewrite: None,
-        };
+        let hop = hop("::1", true);
         prepare(&mut p, &hop).unwrap();
         assert_eq!(p.headers["host"], "api.example.com:8443");
         assert_eq!(p.uri, "/a?b");
@@ -318,13 +308,7 @@ mod tests {
     #[test]
     fn absolute_form_with_another_host_is_refused() {
         let mut p = req("http://a.example/", &[("host", "b.example")]);
-        let hop = Hop {
-            peer: "127.0.0.1".parse().unwrap(),
-            peer_header: None,
-            https: false,
-            trusted_proxies: &[],
-            host_rewrite: None,
-        };
+        let hop = hop("127.0.0.1", false);
         assert!(prepare(&mut p, &hop).is_err());
     }
 }

@@ -32,8 +32,8 @@ use super::pool::Sender;
 use super::{headers, InFlightGuard, UpstreamRt};
 use crate::balance::{PickCtx, TargetSet};
 use crate::body::{
-    caused_by, BodyProgress, BodyTimedOut, BodyTooLarge, BufferLease, ClientBodyError, ReqBody,
-    ResBody, BUFFER_WHOLE_LIMIT,
+    caused_by, BodyProgress, BodyTimedOut, BodyTooLarge, BufferLease, ClientBodyError, Replay,
+    ReqBody, ResBody, BUFFER_WHOLE_LIMIT,
 };
 use crate::clock;
 use crate::config::{Fallback, RetryPolicy};
@@ -129,6 +129,16 @@ struct Template {
 }
 
 impl Template {
+    /// The head of `req`, to send it again.
+    fn of(req: &Request<ReqBody>) -> Self {
+        Self {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        }
+    }
+
     fn request(&self, body: ReqBody) -> Request<ReqBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
@@ -383,19 +393,18 @@ fn client_body_error(e: &(dyn std::error::Error + 'static)) -> GatewayError {
 }
 
 /// The length of a response small enough to read whole from the upstream (SPEC §8.2): a
-/// `Content-Length` of at most 64 KiB, not to HEAD, not 1xx/204/304, not a stream type.
-fn whole_response_len(parts: &http::response::Parts, head: bool) -> Option<u64> {
+/// `Content-Length` of at most 64 KiB (`exact`: hyper's reading of it), not to HEAD, not
+/// 1xx/204/304, not a stream type.
+fn whole_response_len(
+    parts: &http::response::Parts,
+    head: bool,
+    exact: Option<u64>,
+) -> Option<u64> {
     let status = parts.status.as_u16();
     if head || status < 200 || status == 204 || status == 304 {
         return None;
     }
-    let n: u64 = parts
-        .headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()?;
+    let n = exact?;
     if n == 0 || n > BUFFER_WHOLE_LIMIT {
         return None;
     }
@@ -542,14 +551,7 @@ async fn send(
         // it is sent again on another connection, when its body can be sent again.
         let again = if sender.is_h2() && refusals < MAX_REFUSALS {
             let replay = req.body().replay();
-            replay.body().is_some().then(|| {
-                (
-                    req.method().clone(),
-                    req.uri().clone(),
-                    req.headers().clone(),
-                    replay,
-                )
-            })
+            (!matches!(replay, Replay::No)).then(|| (Template::of(&req), replay))
         } else {
             None
         };
@@ -594,6 +596,7 @@ async fn send(
                 record(up, ep, permit, failure);
                 let (mut parts, body) = res.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
+                let exact = body.size_hint().exact();
                 let body = UpstreamBody {
                     inner: body,
                     sender: Some(sender),
@@ -601,7 +604,8 @@ async fn send(
                     ended: false,
                     upstream_slot: None,
                 };
-                if let Some(lease) = whole_response_len(&parts, head).and_then(BufferLease::try_new)
+                if let Some(lease) =
+                    whole_response_len(&parts, head, exact).and_then(BufferLease::try_new)
                 {
                     // Read whole now, so the upstream connection is released whatever the
                     // client does (a client that never reads cannot pin it).
@@ -638,15 +642,10 @@ async fn send(
                     return Attempt::NotSent(req, Some(io::Error::other(e.into_error())));
                 }
                 let err = e.into_error();
-                if let (true, Some((method, uri, headers, replay))) = (is_refused(&err), again) {
+                if let (true, Some((template, replay))) = (is_refused(&err), again) {
                     if let Some(body) = replay.body() {
                         refusals += 1;
-                        let mut r = Request::new(body);
-                        *r.method_mut() = method;
-                        *r.uri_mut() = uri;
-                        *r.headers_mut() = headers;
-                        *r.version_mut() = Version::HTTP_2;
-                        req = r;
+                        req = template.request(body);
                         drop(in_flight);
                         continue;
                     }

@@ -3,9 +3,9 @@
 //! `WWW-Authenticate: Bearer error="invalid_token", error_description="..."`.
 //!
 //! Comes after the body limit and before API keys, integrity and rate limiting. Incoming
-//! copies of the `claims_to_headers` headers are always removed first, so a client cannot
-//! forge them; after verification they carry the claims, and the claims are kept for
-//! `jwt.CLAIM` keys.
+//! copies of the `claims_to_headers` headers never get this far (the router strips every
+//! identity header on every route), so a client cannot forge them; after verification they
+//! carry the claims, and the claims are kept for `jwt.CLAIM` keys.
 
 pub use crate::jwks as keys;
 pub mod source;
@@ -111,9 +111,7 @@ where
         // The ready inner service goes with this request; a clone stays for the next one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        for (_, h) in &policy.policy.claims_to_headers {
-            req.headers_mut().remove(h);
-        }
+        // Forged claim headers are gone already: the router strips every identity header.
         let token = bearer(req.headers()).map(str::to_owned);
         Box::pin(async move {
             let verified = match token {
