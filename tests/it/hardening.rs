@@ -18,13 +18,7 @@ async fn recording_origin() -> (std::net::SocketAddr, Seen) {
 }
 
 fn token(sub: &str) -> String {
-    let claims = serde_json::json!({"sub": sub, "exp": crate::harness::unix_now() + 600});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    crate::harness::hs256_token(SECRET.as_bytes(), sub)
 }
 
 /// A JWT-protected `/admin` beside an open `/` to the same upstream, over HTTP/1.1 and TLS

@@ -289,6 +289,17 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
+/// An HS256 token for `sub`, valid for ten minutes.
+pub fn hs256_token(secret: &[u8], sub: &str) -> String {
+    let claims = serde_json::json!({"sub": sub, "exp": unix_now() + 600});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
 /// An address nothing listens on (connections are refused).
 pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -477,12 +477,7 @@ async fn grpc_routes_keep_their_policies_with_grpc_statuses() {
     let target = format!("h2c://{}", gw.addr("h2c"));
     let r = grpc_client(&target, "unary", "");
     assert_eq!(r["unary"]["code"], "UNAUTHENTICATED", "{r}");
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &serde_json::json!({"sub": "u1", "exp": crate::harness::unix_now() + 600}),
-        &jsonwebtoken::EncodingKey::from_secret(b"grpc-test-secret-0123456789abcdef"),
-    )
-    .unwrap();
+    let token = crate::harness::hs256_token(b"grpc-test-secret-0123456789abcdef", "u1");
     let r = grpc_client(&target, "unary", &token);
     assert_eq!(r["unary"]["text"], "echo:hi", "{r}");
     let text = gw.metrics_text().await;
