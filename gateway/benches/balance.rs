@@ -15,6 +15,8 @@ fn targets(n: usize) -> Vec<Target> {
         .map(|i| Target {
             id: format!("10.0.{}.{}:8080", i / 250, i % 250),
             addr: SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8], 8080)),
+            host: None,
+            resolve: false,
             weight: 1 + (i % 3) as u32,
             backups: Vec::new(),
             slots: Vec::new(),

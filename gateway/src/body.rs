@@ -488,6 +488,16 @@ impl ResBody {
         Self::Full(None)
     }
 
+    /// How long the upstream's response head took (the access log's `upstream_ms`).
+    pub fn head_time(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Full(_) | Self::Tunnel(_) => None,
+            Self::Upstream(b) => Some(b.head_time()),
+            Self::Buffered(b) => Some(b.head_time()),
+            Self::Compressed(b) => b.head_time(),
+        }
+    }
+
     /// The upstream target that produced this body, if any (for the access log).
     pub fn target(&self) -> Option<&str> {
         match self {

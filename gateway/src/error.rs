@@ -138,6 +138,22 @@ impl GatewayError {
         }
     }
 
+    /// The policy that refused the request, when one did (a span event names it).
+    pub fn policy(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Unauthorized(crate::policy::jwt::AuthError::UnknownApiKey) => "api_key",
+            Self::Unauthorized(_) => "jwt",
+            Self::Integrity(_) => "integrity",
+            Self::Forbidden => "ip_filter",
+            Self::RateLimited(_) => "rate_limit",
+            Self::CorsRefused => "cors",
+            Self::ClientCertRequired => "client_cert",
+            Self::AuthUnavailable => "forward_auth",
+            Self::BodyTooLarge => "body_limit",
+            _ => return None,
+        })
+    }
+
     /// The JSON answer for this error.
     pub fn to_response(&self, request_id: &HeaderValue) -> Response<ResBody> {
         self.to_response_traced(request_id, None)

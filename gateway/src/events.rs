@@ -25,6 +25,7 @@ pub enum Kind {
     Ejection,
     Circuit,
     StoreFallback,
+    Discovery,
 }
 
 #[derive(Clone, Debug, Serialize)]

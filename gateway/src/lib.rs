@@ -39,8 +39,13 @@ pub(crate) mod events;
 pub mod metrics;
 // gRPC: status mapping, trailers-only answers, grpc-timeout.
 pub(crate) mod grpc;
-// W3C trace context.
+// W3C trace context, spans and their export, the access log.
+pub(crate) mod access_log;
+pub(crate) mod spans;
 pub(crate) mod trace;
+
+// DNS names of targets and `discover` (kept outside config generations).
+pub mod discovery;
 
 // (1) bytes to requests.
 pub mod edge;

@@ -132,6 +132,9 @@ fn check(path: PathBuf) -> ExitCode {
             for w in &loaded.warnings {
                 eprintln!("{w}");
             }
+            for w in dns_warnings(&loaded.config) {
+                eprintln!("{w}");
+            }
             println!("{}: ok: {}", path.display(), loaded.config.summary());
             ExitCode::SUCCESS
         }
@@ -147,6 +150,21 @@ fn check(path: PathBuf) -> ExitCode {
             );
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `host:port` targets that do not resolve now: warnings for `check` (it may run where the
+/// gateway's DNS is not reachable).
+fn dns_warnings(config: &config::Config) -> Vec<String> {
+    if config.hostnames.is_empty() {
+        return Vec::new();
+    }
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(gateway::discovery::check_hostnames(config)),
+        Err(e) => vec![format!("warning: cannot look up target names: {e}")],
     }
 }
 

@@ -104,6 +104,10 @@ pub struct Metrics {
     pub grpc_responses_total: IntCounterVec,
     pub cors_preflights_total: IntCounterVec,
     pub forward_auth_total: IntCounterVec,
+    pub discovery_targets: IntGaugeVec,
+    pub spans_exported_total: IntCounter,
+    pub spans_dropped_total: IntCounter,
+    pub discovery_lookups_total: IntCounterVec,
     /// (name, help, type) of every family, to expose the ones with no series yet.
     families: Vec<(String, String, &'static str)>,
 }
@@ -341,6 +345,30 @@ impl Metrics {
                 "Forward-auth verdicts, by outcome.",
                 &["route", "policy", "outcome"],
             ),
+            spans_exported_total: r
+                .counter(
+                    "gateway_spans_exported_total",
+                    "Spans the OTLP collector accepted.",
+                    &[],
+                )
+                .with_label_values(&[] as &[&str]),
+            spans_dropped_total: r
+                .counter(
+                    "gateway_spans_dropped_total",
+                    "Spans dropped: the export queue was full (max_queue) or an export failed.",
+                    &[],
+                )
+                .with_label_values(&[] as &[&str]),
+            discovery_targets: r.gauge(
+                "gateway_discovery_targets",
+                "Targets the upstream's discover lookups found (the set in use).",
+                &["upstream"],
+            ),
+            discovery_lookups_total: r.counter(
+                "gateway_discovery_lookups_total",
+                "DNS lookups for the upstream (discover and host:port targets), by outcome.",
+                &["upstream", "outcome"],
+            ),
             families: r.families,
             registry,
         };
@@ -357,7 +385,8 @@ impl Metrics {
 
     /// Remove the series of routes, upstreams, targets, policies and listeners that `config`
     /// no longer has (after a reload): dashboards must not show them as still there.
-    pub fn prune(&self, config: &crate::config::Config) {
+    /// `targets`: (upstream, target id) of every endpoint in use, discovered ones included.
+    pub fn prune(&self, config: &crate::config::Config, targets: &[(&str, &str)]) {
         use std::collections::HashSet;
         let routes: HashSet<&str> = config
             .routes
@@ -366,15 +395,10 @@ impl Metrics {
             .chain(["none"])
             .collect();
         let upstreams: HashSet<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
-        let mut targets: HashSet<(String, String)> = HashSet::new();
-        for u in &config.upstreams {
-            for t in &u.targets {
-                targets.insert((u.name.clone(), t.id.clone()));
-                for b in &t.backups {
-                    targets.insert((u.name.clone(), b.to_string()));
-                }
-            }
-        }
+        let targets: HashSet<(String, String)> = targets
+            .iter()
+            .map(|(u, t)| (u.to_string(), t.to_string()))
+            .collect();
         let policies: HashSet<&str> = config
             .jwt
             .keys()
@@ -431,6 +455,19 @@ impl Metrics {
         prune_vec(&self.grpc_responses_total, &gone);
         prune_vec(&self.cors_preflights_total, &gone);
         prune_vec(&self.forward_auth_total, &gone);
+        prune_vec(&self.discovery_targets, &gone);
+        prune_vec(&self.discovery_lookups_total, &gone);
+    }
+
+    /// `gateway_discovery_lookups_total` of an upstream, every outcome at 0.
+    pub fn discovery_lookups(&self, upstream: &str) -> [IntCounter; 3] {
+        ["success", "error", "empty"].map(|o| {
+            let c = self
+                .discovery_lookups_total
+                .with_label_values(&[upstream, o]);
+            c.inc_by(0);
+            c
+        })
     }
 
     /// Forget a listener's certificate series (its certificates are about to be set anew).

@@ -53,6 +53,8 @@ pub struct Runtime {
     pub redis: Option<Arc<crate::policy::rate_limit::redis::RedisStore>>,
     pub upstreams: Vec<Arc<UpstreamRt>>,
     pub listeners: Vec<Arc<ListenerRt>>,
+    pub spans: Option<Arc<crate::spans::Exporter>>,
+    pub access_log: Option<Arc<crate::access_log::AccessLogRt>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -69,13 +71,17 @@ impl Runtime {
     /// reload, whose state carries over where the config did not change: upstreams (health,
     /// circuits, ejections, pools, balancer), endpoints of changed upstreams, JWT key sets and
     /// caches, integrity nonce caches, rate-limit buckets, the Redis connection, and
-    /// self-signed certificates. Certificate files are read again.
+    /// self-signed certificates. Certificate files are read again, except when `rediscovery`:
+    /// the same config rebuilt because a discovered target set changed (`found`: what DNS
+    /// says, `discovery.rs`), where every unchanged listener is kept as it is.
     pub fn build(
         config: Arc<Config>,
         metrics: &Metrics,
         ids: &Arc<Snowflake>,
         generation: u64,
         previous: Option<&Runtime>,
+        found: &crate::discovery::Found,
+        rediscovery: bool,
     ) -> Result<Self, String> {
         crate::body::configure_buffers(
             config.limits.max_buffered_bytes,
@@ -109,7 +115,7 @@ impl Runtime {
                         .iter()
                         .all(|c| matches!(c, crate::config::CertSource::SelfSigned))
                 });
-                (self_signed_only && old == l)
+                ((self_signed_only || rediscovery) && old == l)
                     .then(|| p.listener(&l.name).cloned())
                     .flatten()
             });
@@ -150,13 +156,30 @@ impl Runtime {
 
         let mut upstreams: Vec<Arc<UpstreamRt>> = Vec::with_capacity(config.upstreams.len());
         for u in &config.upstreams {
+            // A discovering upstream runs with the targets DNS gave it.
+            let discovered;
+            let u = match &u.discover {
+                Some(_) => {
+                    discovered = crate::config::Upstream {
+                        targets: found.targets.get(&u.name).cloned().unwrap_or_default(),
+                        ..u.clone()
+                    };
+                    &discovered
+                }
+                None => u,
+            };
             let old = previous.and_then(|p| p.upstream(&u.name));
             match old {
                 Some(old) if old.config == *u => {
                     upstreams.push(old.clone());
                 }
                 _ => {
-                    let fresh = Arc::new(UpstreamRt::build_reusing(u, metrics, old.map(|o| &**o)));
+                    let fresh = Arc::new(UpstreamRt::build_reusing(
+                        u,
+                        metrics,
+                        old.map(|o| &**o),
+                        &found.hosts,
+                    ));
                     crate::upstream::spawn_background(&fresh);
                     upstreams.push(fresh);
                 }
@@ -234,6 +257,19 @@ impl Runtime {
             .collect();
         crate::policy::rate_limit::spawn_eviction(&fresh_limiters);
 
+        // Span export and the access log carry over while their tables are unchanged.
+        let spans = match previous.and_then(|p| p.spans.clone()) {
+            Some(old) if *old.config() == config.tracing => Some(old),
+            _ => crate::spans::Exporter::start(&config.tracing, metrics),
+        };
+        let access_log = match (
+            &config.access_log,
+            previous.and_then(|p| p.access_log.clone()),
+        ) {
+            (None, _) => None,
+            (Some(cfg), Some(old)) if old.config() == cfg => Some(old),
+            (Some(cfg), _) => Some(crate::access_log::AccessLogRt::start(cfg)?),
+        };
         let trusted: Arc<[IpNet]> = config.server.trusted_proxies.clone().into();
         let mut stacks = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
@@ -256,6 +292,9 @@ impl Runtime {
                 trusted_proxies: trusted.clone(),
                 cors: cors.clone(),
                 response_headers: r.response_headers.clone(),
+                upstream: Some(r.upstream.as_str().into()),
+                spans: spans.clone(),
+                access_log: access_log.clone(),
             });
             let failures = (r.policies.jwt.is_some() || r.policies.api_key.is_some())
                 .then(|| Arc::new(AuthFailures::new(metrics, &r.name)));
@@ -335,6 +374,9 @@ impl Runtime {
             trusted_proxies: trusted,
             cors: None,
             response_headers: None,
+            upstream: None,
+            spans: spans.clone(),
+            access_log: access_log.clone(),
         }));
         let table = RouteTable::new(config.routes.iter().map(|r| r.matcher.clone()).collect());
         let router = crate::route::Router::new(
@@ -357,7 +399,17 @@ impl Runtime {
             redis,
             upstreams,
             listeners,
+            spans,
+            access_log,
         })
+    }
+
+    /// (upstream, target id) of every endpoint this generation uses.
+    pub fn target_ids(&self) -> Vec<(&str, &str)> {
+        self.upstreams
+            .iter()
+            .flat_map(|u| u.endpoints().map(move |e| (u.name.as_str(), e.id.as_str())))
+            .collect()
     }
 
     pub fn upstream(&self, name: &str) -> Option<&Arc<UpstreamRt>> {

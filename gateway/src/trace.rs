@@ -30,6 +30,11 @@ fn hex_to<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// A new span id (never all zeros).
+pub fn random_span_id() -> [u8; 8] {
+    random()
+}
+
 fn random<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
     loop {
@@ -90,10 +95,15 @@ impl TraceContext {
 
     /// `traceparent` for the upstream: our span as the parent.
     pub fn header(&self) -> HeaderValue {
+        self.header_with(self.span_id)
+    }
+
+    /// `traceparent` for a child span of this one (an upstream attempt's client span).
+    pub fn header_with(&self, span_id: [u8; 8]) -> HeaderValue {
         // "00-" 32 hex "-" 16 hex "-" 2 hex
         let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
         hex_into(&self.trace_id, &mut v[3..35]);
-        hex_into(&self.span_id, &mut v[36..52]);
+        hex_into(&span_id, &mut v[36..52]);
         if self.sampled {
             v[54] = b'1';
         }

@@ -17,6 +17,8 @@
 //! * `idle_10k`: RSS with 10,000 idle keep-alive connections (one request each, then idle);
 //! * `h1_full` (gateway only): the route with the full policy chain: JWT RS256 (token cached),
 //!   a local rate limit that never triggers, consistent hashing on a header, metrics;
+//! * `h1_full_trace100`, `h1_full_trace1` (gateway only): `h1_full` with `[tracing]` exporting
+//!   spans (OTLP/HTTP protobuf) to a local receiver at `sample_ratio` 1.0 and 0.01;
 //! * `h1_all` (gateway only): `h1_full` plus every second-wave route policy: CORS (an allowed
 //!   `Origin`), forward auth (its verdict cached), request and response header rules, and
 //!   `compress = true` (the origin's small JSON stays under the 1 KiB threshold: checked, not
@@ -131,11 +133,24 @@ fn pinned(cpu: &str, program: &Path) -> Command {
     c
 }
 
-fn start_gateway(dir: &Path, origin: SocketAddr, tls: &Tls, jwks: &Path) -> Running {
+/// `sample_ratio`: with `Some`, `[tracing]` exports spans to the origin (which answers every
+/// POST with 200: a local OTLP receiver that accepts and discards).
+fn start_gateway(
+    dir: &Path,
+    origin: SocketAddr,
+    tls: &Tls,
+    jwks: &Path,
+    sample_ratio: Option<f64>,
+) -> Running {
     let (http, https) = (free_port(), free_port());
+    let tracing = sample_ratio.map_or(String::new(), |r| {
+        format!("[tracing]\notlp_endpoint = \"http://{origin}/v1/traces\"\nsample_ratio = {r:?}\n")
+    });
     let conf = format!(
         r#"[server]
 worker_threads = 1
+
+{tracing}
 
 [limits]
 max_connections = 30000
@@ -669,7 +684,7 @@ fn main() {
             let pdir = dir.path().join(format!("{name}-{round}"));
             std::fs::create_dir_all(&pdir).unwrap();
             let p = match name {
-                "gateway" => start_gateway(&pdir, origin, &tls, &jwks),
+                "gateway" => start_gateway(&pdir, origin, &tls, &jwks, None),
                 "nginx" => start_nginx(&pdir, origin, &tls),
                 _ => start_haproxy(&pdir, origin, &tls),
             };
@@ -700,6 +715,14 @@ fn main() {
                     "Accept-Encoding: gzip, br, zstd".into(),
                 ];
                 put("h1_all", h1(&p, "/all", &all, secs));
+                // The full chain with span export on: every request sampled, then 1 in 100.
+                for (scenario, ratio) in [("h1_full_trace100", 1.0), ("h1_full_trace1", 0.01)] {
+                    let tdir = dir.path().join(format!("{scenario}-{round}"));
+                    std::fs::create_dir_all(&tdir).unwrap();
+                    let t = start_gateway(&tdir, origin, &tls, &jwks, Some(ratio));
+                    std::thread::sleep(Duration::from_millis(300));
+                    put(scenario, h1(&t, "/full", &headers, secs));
+                }
             }
             idle.entry(name.to_string()).or_default().push(idle_10k(&p));
         }
@@ -717,7 +740,15 @@ fn main() {
     let mut table = String::new();
     table.push_str("| scenario | proxy | req/s | p50 ms | p99 ms | CPU s / 100k req | × nginx CPU | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n");
     let scenarios = [
-        "h1", "h1_full", "h1_all", "h1_rate", "h2", "h2_h2", "tls_new",
+        "h1",
+        "h1_full",
+        "h1_full_trace100",
+        "h1_full_trace1",
+        "h1_all",
+        "h1_rate",
+        "h2",
+        "h2_h2",
+        "tls_new",
     ];
     for scenario in scenarios {
         let nginx_cpu = stat("nginx", scenario, &|s| s.cpu_per_100k)

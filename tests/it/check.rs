@@ -291,3 +291,56 @@ fn gateway_dash_c_alone_means_run_and_version_prints() {
         "{err}"
     );
 }
+
+#[test]
+fn discovery_keys_are_checked_with_their_place() {
+    let config = r#"[[listeners]]
+name = "http"
+listen = "127.0.0.1:8080"
+
+[discovery]
+resolvers = ["not-an-address"]
+min_refresh = "5s"
+max_refresh = "1s"
+
+[upstreams.both]
+targets = [{ addr = "127.0.0.1:9001" }]
+discover = { dns = "svc.test", port = 80 }
+
+[upstreams.noport]
+discover = { dns = "svc.test" }
+
+[upstreams.badname]
+discover = { dns_srv = "_http._tcp.bad..name" }
+
+[upstreams.slots]
+balancer = "slots"
+hash_on = "header.k"
+discover = { dns = "svc.test", port = 80 }
+
+[upstreams.none]
+balancer = "round_robin"
+
+[upstreams.hosts]
+targets = [{ addr = "api.test:8080" }, { addr = "API.test.:8080" }, { addr = "api.test:0" }]
+
+[[routes]]
+name = "r"
+upstream = "both"
+"#;
+    let (code, _, err) = check(config);
+    assert_eq!(code, 1, "{err}");
+    for want in [
+        "g.toml:6:14: resolver \"not-an-address\" is not an IP:PORT address",
+        "g.toml:8:15: max_refresh must be at least min_refresh",
+        "g.toml:12:12: upstream \"both\": set targets or discover, not both",
+        "g.toml:15:12: discover = { dns = ... } needs port = PORT",
+        "g.toml:18:24: \"_http._tcp.bad..name\" is not a DNS name",
+        "g.toml:23:12: discover cannot be used with balancer = \"slots\"",
+        "upstream \"none\" has no targets: set targets = [...] or discover",
+        "g.toml:29:49: \"API.test.:8080\" is used twice in upstream \"hosts\"",
+        "g.toml:29:78: target addr \"api.test:0\" is not IP:PORT or HOST:PORT",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}

@@ -106,6 +106,19 @@ fn the_configmap_config_passes_gateway_check() {
     assert!(!stderr.contains("warning"), "{stderr}");
     let (code, _, err) = gateway_cmd(&["check", "-c", "deploy/fleet/gateway.toml"], &repo_root());
     assert_eq!(code, 0, "{err}");
+    let (code, _, err) = gateway_cmd(
+        &["check", "-c", "deploy/tracing/gateway-tracing.toml"],
+        &repo_root(),
+    );
+    assert_eq!(code, 0, "{err}");
+    // The collector config is YAML with a traces pipeline from the OTLP HTTP receiver.
+    let (code, out) = run(Command::new("python3")
+        .args([
+            "-c",
+            "import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); p = d['service']['pipelines']['traces']; assert 'otlp' in p['receivers'] and d['receivers']['otlp']['protocols']['http']['endpoint'].endswith(':4318'), d",
+        ])
+        .arg(repo_root().join("deploy/tracing/otel-collector.yaml")));
+    assert_eq!(code, 0, "{out}");
 }
 
 #[test]

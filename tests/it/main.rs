@@ -3,6 +3,7 @@
 mod client;
 mod harness;
 
+mod access_log;
 mod admin;
 mod auth;
 mod backends;
@@ -10,6 +11,7 @@ mod balance;
 mod check;
 mod demo;
 mod deploy;
+mod discovery;
 mod docs;
 mod edge;
 mod h2_abuse;
@@ -23,6 +25,7 @@ mod resilience;
 mod restart;
 mod route_policies;
 mod security;
+mod spans;
 mod status_page;
 mod tracing;
 mod upstream_reach;

@@ -55,7 +55,7 @@ pub fn pki(dir: &Path) -> Pki {
 
 /// nginx serving HTTPS on a free loopback port, answering every request with its own text;
 /// with `verify_client`, only clients with a certificate from the test CA are served.
-fn nginx_https(dir: &Path, pki: &Pki, verify_client: bool) -> (Proc, SocketAddr) {
+pub(crate) fn nginx_https(dir: &Path, pki: &Pki, verify_client: bool) -> (Proc, SocketAddr) {
     require_package("nginx");
     let addr = closed_port();
     let client = if verify_client {

@@ -139,6 +139,9 @@ pub fn explain(rt: &Runtime, query: Option<&str>) -> Result<Value, String> {
     };
     out["upstream"] = json!(up.name);
     out["balancer"] = json!(up.config.balancer.as_str());
+    if up.config.discover.is_some() {
+        out["discovery"] = json!(crate::discovery::status_json(&up.name));
+    }
     let built = up.balancer.load();
     let hash = match &up.config.hash_on {
         None => None,
@@ -186,7 +189,7 @@ pub fn explain(rt: &Runtime, query: Option<&str>) -> Result<Value, String> {
             let shard = &up.shards[t];
             out["target"] = json!(shard.id);
             out["serving"] = json!(shard.serving().map(
-                |e| json!({"id": e.id, "addr": e.addr.to_string(), "backup": e.backup_of.is_some()})
+                |e| json!({"id": e.id, "addr": e.addr().to_string(), "backup": e.backup_of.is_some()})
             ));
             out["fallbacks"] = json!(order[1..]
                 .iter()

@@ -273,7 +273,19 @@ pub fn endpoint_state(
     };
     let mut m = serde_json::Map::new();
     m.insert("id".into(), json!(e.id));
-    m.insert("addr".into(), json!(e.addr.to_string()));
+    m.insert("addr".into(), json!(e.addr().to_string()));
+    if e.addrs.resolves() {
+        m.insert("host".into(), json!(e.addrs.authority()));
+        m.insert(
+            "addrs".into(),
+            json!(e
+                .addrs
+                .all()
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()),
+        );
+    }
     m.insert("state".into(), json!(state));
     m.insert("up".into(), json!(e.is_up()));
     m.insert("healthy".into(), json!(healthy));
@@ -318,6 +330,7 @@ pub fn upstreams(shared: &Shared) -> serde_json::Value {
                 "name": u.name,
                 "balancer": u.config.balancer.as_str(),
                 "targets": targets,
+                "discovery": crate::discovery::status_json(&u.name),
             })
         })
         .collect();

@@ -493,6 +493,7 @@ fn build(shared: &Shared, ring: &VecDeque<Reading>) -> Value {
                 "balancer": u.config.balancer.as_str(),
                 "health_checks": u.config.health.is_some(),
                 "shards": shards,
+                "discovery": crate::discovery::status_json(&u.name),
             })
         })
         .collect();

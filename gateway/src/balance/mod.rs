@@ -147,6 +147,10 @@ pub fn build(
     up: &[bool],
     maglev_table_size: Option<usize>,
 ) -> Box<dyn Balance> {
+    if targets.is_empty() {
+        // `discover` found nothing (yet): every pick fails (503 or the route's fallback).
+        return Box::new(Empty);
+    }
     let ids: Vec<&str> = targets.iter().map(|t| t.id.as_str()).collect();
     match kind {
         BalancerKind::RoundRobin => Box::new(RoundRobin::new(targets.len())),
@@ -175,6 +179,16 @@ pub fn build(
             let ranges: Vec<_> = targets.iter().map(|t| t.slots.clone()).collect();
             Box::new(slots::Slots::new(&ranges))
         }
+    }
+}
+
+/// The balancer of an upstream without targets.
+#[derive(Debug)]
+struct Empty;
+
+impl Balance for Empty {
+    fn pick(&self, _: &PickCtx<'_>, _: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
+        None
     }
 }
 
@@ -276,6 +290,8 @@ mod tests {
             .map(|i| Target {
                 id: format!("t{i}"),
                 addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                host: None,
+                resolve: false,
                 weight: 1,
                 backups: Vec::new(),
                 slots: Vec::new(),

@@ -165,7 +165,11 @@ fn gcd(a: usize, b: usize) -> usize {
 
 /// How keys move from `old` to `new` (same upstream name); `None` unless both are keyed.
 pub fn moves(old: &Upstream, new: &Upstream) -> Option<Moves> {
-    if !is_keyed(old.balancer) || !is_keyed(new.balancer) {
+    if !is_keyed(old.balancer)
+        || !is_keyed(new.balancer)
+        || old.targets.is_empty()
+        || new.targets.is_empty()
+    {
         return None;
     }
     let (a, b) = (ids(old), ids(new));
@@ -281,6 +285,8 @@ mod tests {
                 .map(|i| Target {
                     id: format!("users-{i}"),
                     addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+                    host: None,
+                    resolve: false,
                     weight: 1,
                     backups: Vec::new(),
                     slots: Vec::new(),
@@ -296,6 +302,7 @@ mod tests {
             protocol: crate::config::Protocol::Http1,
             tls: None,
             h2_max_streams_per_connection: 100,
+            discover: None,
         }
     }
 

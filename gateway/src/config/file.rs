@@ -40,6 +40,47 @@ pub struct File {
     pub upstreams: BTreeMap<Name, Spanned<UpstreamFile>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RouteFile>>,
+    pub discovery: Option<Spanned<DiscoveryFile>>,
+    pub tracing: Option<Spanned<TracingFile>>,
+    pub access_log: Option<Spanned<AccessLogFile>>,
+}
+
+/// `[tracing]`: span export (trace context is propagated without it).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingFile {
+    pub otlp_endpoint: Option<Spanned<String>>,
+    pub headers_env: Option<Spanned<String>>,
+    pub service_name: Option<Spanned<String>>,
+    pub sample_ratio: Option<Spanned<f64>>,
+    pub max_queue: Option<Spanned<i64>>,
+}
+
+/// `[access_log]`: the access log's format, fields and destination.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogFile {
+    pub format: Option<Spanned<String>>,
+    pub fields: Option<Vec<Spanned<String>>>,
+    pub path: Option<Spanned<String>>,
+}
+
+/// `[discovery]`: how DNS names of targets and `discover` are looked up.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryFile {
+    pub resolvers: Option<Vec<Spanned<String>>>,
+    pub min_refresh: Option<Spanned<String>>,
+    pub max_refresh: Option<Spanned<String>>,
+}
+
+/// `[upstreams.X] discover = { ... }`: the targets come from DNS.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverFile {
+    pub dns: Option<Spanned<String>>,
+    pub port: Option<Spanned<i64>>,
+    pub dns_srv: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -245,7 +286,8 @@ pub struct UpstreamFile {
     pub hash_on: Option<Spanned<String>>,
     pub on_missing_key: Option<Spanned<OnMissingKey>>,
     pub connect_timeout: Option<Spanned<String>>,
-    pub targets: Spanned<Vec<Spanned<TargetFile>>>,
+    pub targets: Option<Spanned<Vec<Spanned<TargetFile>>>>,
+    pub discover: Option<Spanned<DiscoverFile>>,
     pub health: Option<Spanned<HealthFile>>,
     pub outlier: Option<Spanned<OutlierFile>>,
     pub circuit_breaker: Option<Spanned<CircuitBreakerFile>>,

@@ -49,6 +49,14 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     pub cors: BTreeMap<String, CorsPolicy>,
     pub forward_auth: BTreeMap<String, ForwardAuthPolicy>,
+    /// `[discovery]`: how DNS names are looked up.
+    pub discovery: Discovery,
+    /// Targets written as `host:port`, each name once: `run` resolves them before serving.
+    pub hostnames: Vec<HostRef>,
+    /// `[tracing]`.
+    pub tracing: Tracing,
+    /// `[access_log]`; `None`: the first-wave JSON line through the process log.
+    pub access_log: Option<AccessLog>,
     /// The file as JSON with secrets redacted, for `GET /admin/config`.
     pub redacted: serde_json::Value,
 }
@@ -251,6 +259,172 @@ pub struct Upstream {
     pub tls: Option<UpstreamTls>,
     /// HTTP/2 upstreams: streams per connection before another connection is opened.
     pub h2_max_streams_per_connection: u32,
+    /// `discover`: the targets come from DNS (then `targets` is empty in the file's config
+    /// and holds the discovered ones in a running generation's upstream).
+    pub discover: Option<Discover>,
+}
+
+/// `discover` of an upstream (SPEC §8.3).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Discover {
+    /// One target per A/AAAA address of `name`, on `port`.
+    Dns { name: String, port: u16 },
+    /// One target per SRV record of `name`.
+    Srv { name: String },
+}
+
+impl Discover {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Dns { name, .. } | Self::Srv { name } => name,
+        }
+    }
+
+    /// `dns` or `dns_srv`, as written.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Dns { .. } => "dns",
+            Self::Srv { .. } => "dns_srv",
+        }
+    }
+}
+
+/// `[tracing]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// OTLP/HTTP protobuf endpoint; `None`: no export.
+    pub otlp_endpoint: Option<http::Uri>,
+    /// Sent with every export (from `headers_env`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub service_name: String,
+    /// For requests without a parent.
+    pub sample_ratio: f64,
+    /// Spans waiting for export; past it new spans are dropped.
+    pub max_queue: usize,
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            headers: Vec::new(),
+            service_name: "gateway".into(),
+            sample_ratio: 1.0,
+            max_queue: 4096,
+        }
+    }
+}
+
+/// `[access_log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    pub format: LogFormat,
+    pub fields: Vec<LogField>,
+    /// `None`: stdout.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    /// nginx's `combined`, then ` key=value` for the other fields.
+    Combined,
+}
+
+/// An access-log field (SPEC §8.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogField {
+    Time,
+    RequestId,
+    TraceId,
+    ClientIp,
+    Method,
+    Host,
+    Path,
+    Protocol,
+    Status,
+    BytesSent,
+    DurationMs,
+    UpstreamMs,
+    Route,
+    Upstream,
+    Target,
+    Listener,
+    UserAgent,
+    Referer,
+    Error,
+}
+
+impl LogField {
+    pub const ALL: [LogField; 19] = [
+        Self::Time,
+        Self::RequestId,
+        Self::TraceId,
+        Self::ClientIp,
+        Self::Method,
+        Self::Host,
+        Self::Path,
+        Self::Protocol,
+        Self::Status,
+        Self::BytesSent,
+        Self::DurationMs,
+        Self::UpstreamMs,
+        Self::Route,
+        Self::Upstream,
+        Self::Target,
+        Self::Listener,
+        Self::UserAgent,
+        Self::Referer,
+        Self::Error,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Time => "time",
+            Self::RequestId => "request_id",
+            Self::TraceId => "trace_id",
+            Self::ClientIp => "client_ip",
+            Self::Method => "method",
+            Self::Host => "host",
+            Self::Path => "path",
+            Self::Protocol => "protocol",
+            Self::Status => "status",
+            Self::BytesSent => "bytes_sent",
+            Self::DurationMs => "duration_ms",
+            Self::UpstreamMs => "upstream_ms",
+            Self::Route => "route",
+            Self::Upstream => "upstream",
+            Self::Target => "target",
+            Self::Listener => "listener",
+            Self::UserAgent => "user_agent",
+            Self::Referer => "referer",
+            Self::Error => "error",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+/// `[discovery]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovery {
+    /// DNS servers; empty: `/etc/resolv.conf`.
+    pub resolvers: Vec<SocketAddr>,
+    /// A record's TTL is clamped into `[min_refresh, max_refresh]`.
+    pub min_refresh: Duration,
+    pub max_refresh: Duration,
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Self {
+            resolvers: Vec::new(),
+            min_refresh: Duration::from_secs(1),
+            max_refresh: Duration::from_secs(30),
+        }
+    }
 }
 
 /// `protocol` of an upstream.
@@ -503,7 +677,16 @@ pub struct Fallback {
 pub struct Target {
     /// What hashing and the `target` metric label use (default: the address).
     pub id: String,
+    /// The address; for a target written as `host:port`, the unspecified address with the
+    /// port (its addresses are looked up at run time: `host`).
     pub addr: SocketAddr,
+    /// The DNS name the target was written with (`addr = "host:port"`) or discovered under
+    /// (SRV host, `discover` name), lower-case without the trailing dot: what upstream TLS
+    /// verifies, and, with `resolve`, what its addresses come from.
+    pub host: Option<String>,
+    /// The target follows `host`'s addresses (a hostname `addr` or an SRV record), rather
+    /// than standing for one address.
+    pub resolve: bool,
     pub weight: u32,
     pub backups: Vec<SocketAddr>,
     pub slots: Vec<RangeInclusive<u16>>,
@@ -661,6 +844,15 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
+/// A target written as `host:port`, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRef {
+    pub host: String,
+    pub port: u16,
+    /// `FILE:LINE:COL`.
+    pub at: String,
+}
+
 /// Read, parse and validate `path`. On failure, every error formatted as `FILE:LINE:COL: message`.
 pub fn load(path: &Path, mode: Mode) -> Result<Loaded, Vec<String>> {
     let text = std::fs::read_to_string(path)
@@ -735,8 +927,18 @@ impl Config {
             .flat_map(|u| &u.targets)
             .map(|t| t.backups.len())
             .sum();
+        let discovering = self
+            .upstreams
+            .iter()
+            .filter(|u| u.discover.is_some())
+            .count();
+        let discovered = if discovering > 0 {
+            format!(", {discovering} discovering by DNS")
+        } else {
+            String::new()
+        };
         format!(
-            "{} listener{}, {} route{}, {} upstream{} ({} target{}, {} backup{}), admin {}",
+            "{} listener{}, {} route{}, {} upstream{} ({} target{}, {} backup{}{discovered}), admin {}",
             self.listeners.len(),
             plural(self.listeners.len()),
             self.routes.len(),

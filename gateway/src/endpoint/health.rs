@@ -108,7 +108,7 @@ pub async fn probe(ep: &Endpoint, policy: &HealthCheck) -> ProbeResult {
             .probe_sender(policy.timeout)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let host = HeaderValue::from_str(&ep.addr.to_string()).map_err(|e| e.to_string())?;
+        let host = HeaderValue::from_str(&ep.addrs.authority()).map_err(|e| e.to_string())?;
         let mut req = if policy.grpc {
             // HealthCheckRequest { service = 1 }, in gRPC's length-prefixed framing.
             let service = policy.service.as_bytes();
@@ -212,7 +212,7 @@ mod tests {
         let endpoint = |addr| {
             Endpoint::new(
                 "p".into(),
-                addr,
+                std::sync::Arc::new(crate::endpoint::Addrs::fixed(addr, None)),
                 None,
                 crate::metrics::EndpointMetrics::detached(),
                 &crate::endpoint::tests::upstream_cfg(),

@@ -6,6 +6,7 @@
 //! ejected and its circuit lets requests through. A shard is up while any of its endpoints is;
 //! its traffic goes to the primary when usable, else to the first usable backup (SPEC §1).
 
+pub mod addrs;
 pub mod breaker;
 pub mod health;
 pub mod outlier;
@@ -17,6 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
+
+pub use addrs::Addrs;
 
 use crate::clock;
 use crate::config::Upstream;
@@ -41,7 +44,8 @@ pub struct ProbeResult {
 pub struct Endpoint {
     /// The `target` label: the target's id for a primary, the address for a backup.
     pub id: String,
-    pub addr: SocketAddr,
+    /// Where it is reached (one address, or every address of its DNS name).
+    pub addrs: Arc<Addrs>,
     /// For a backup, the id of the target it backs up.
     pub backup_of: Option<String>,
     pub pool: Pool,
@@ -66,7 +70,7 @@ pub struct Recorded {
 impl Endpoint {
     pub fn new(
         id: String,
-        addr: SocketAddr,
+        addrs: Arc<Addrs>,
         backup_of: Option<String>,
         metrics: EndpointMetrics,
         cfg: &Upstream,
@@ -79,14 +83,19 @@ impl Endpoint {
                 .map(|p| Breaker::new(p, metrics.circuit.clone())),
             outlier: cfg.outlier.clone().map(Outlier::new),
             id,
-            addr,
+            pool: Pool::new(addrs.clone(), &cfg.into(), &metrics),
+            addrs,
             backup_of,
-            pool: Pool::new(addr, &cfg.into(), &metrics),
             metrics,
             healthy: AtomicBool::new(true),
             last_probe: ArcSwapOption::empty(),
             prober: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// The first address (for display; connections take `addrs.next()`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs.first()
     }
 
     /// Usable now: healthy, not ejected, circuit not open.
@@ -248,6 +257,7 @@ pub(crate) mod tests {
             protocol: crate::config::Protocol::Http1,
             tls: None,
             h2_max_streams_per_connection: 100,
+            discover: None,
         }
     }
 
@@ -256,7 +266,7 @@ pub(crate) mod tests {
         let ep = |id: &str, port: u16, of: Option<&str>| {
             Arc::new(Endpoint::new(
                 id.into(),
-                SocketAddr::from(([127, 0, 0, 1], port)),
+                Arc::new(Addrs::fixed(SocketAddr::from(([127, 0, 0, 1], port)), None)),
                 of.map(Into::into),
                 m.endpoint("u", id),
                 &cfg,

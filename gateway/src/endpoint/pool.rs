@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::addrs::Addrs;
 use crate::body::ReqBody;
 use crate::config::{Protocol, Upstream, UpstreamTls};
 use crate::metrics::EndpointMetrics;
@@ -103,7 +104,7 @@ impl Sender {
 /// How to reach the endpoint.
 #[derive(Clone)]
 struct Dialer {
-    addr: SocketAddr,
+    addrs: Arc<Addrs>,
     protocol: Protocol,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     max_streams: u32,
@@ -132,7 +133,7 @@ struct Idle {
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("addr", &self.dialer.addr)
+            .field("addrs", &self.dialer.addrs)
             .field("protocol", &self.dialer.protocol)
             .field("idle", &self.idle_count())
             .finish()
@@ -162,21 +163,22 @@ impl From<&Upstream> for PoolOptions {
 }
 
 impl Pool {
-    /// The pool of the endpoint at `addr`. `max_idle` idle HTTP/1.1 connections are kept;
+    /// The pool of the endpoint at `addrs`. `max_idle` idle HTTP/1.1 connections are kept;
     /// more are closed when they come back, so a burst's connections do not all stay open.
-    pub fn new(addr: SocketAddr, cfg: &PoolOptions, metrics: &EndpointMetrics) -> Self {
+    /// TLS verifies `server_name`, else the endpoint's DNS name, else its IP address.
+    pub fn new(addrs: Arc<Addrs>, cfg: &PoolOptions, metrics: &EndpointMetrics) -> Self {
         let tls = cfg.tls.as_ref().map(|t| {
-            let name = match &t.server_name {
-                Some(n) => ServerName::try_from(n.clone())
-                    .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into())),
-                None => ServerName::IpAddress(addr.ip().into()),
+            let ip = ServerName::IpAddress(addrs.first().ip().into());
+            let name = match t.server_name.as_deref().or(addrs.host()) {
+                Some(n) => ServerName::try_from(n.to_string()).unwrap_or(ip),
+                None => ip,
             };
             (tokio_rustls::TlsConnector::from(t.client.clone()), name)
         });
         let max_idle = cfg.max_idle;
         Self {
             dialer: Dialer {
-                addr,
+                addrs,
                 protocol: cfg.protocol,
                 tls,
                 max_streams: cfg.max_streams.max(1),
@@ -265,6 +267,15 @@ impl Pool {
         }
     }
 
+    /// The endpoint's addresses changed (DNS): close idle connections and stop opening streams
+    /// on the open HTTP/2 ones (their streams finish), so new requests reach the new addresses.
+    pub fn forget_connections(&self) {
+        if let Some(queue) = &self.idle {
+            while queue.pop().is_some() {}
+        }
+        self.h2.store(Arc::new(Vec::new()));
+    }
+
     /// Idle HTTP/1.1 connections plus open HTTP/2 connections.
     pub fn idle_count(&self) -> usize {
         self.idle.as_ref().map_or(0, ArrayQueue::len) + self.h2.load().len()
@@ -292,7 +303,7 @@ impl Pool {
         }
         let _one = match tokio::time::timeout(timeout, self.opening.lock()).await {
             Ok(guard) => guard,
-            Err(_) => return Err(timed_out(self.dialer.addr, timeout)),
+            Err(_) => return Err(timed_out(self.dialer.addrs.first(), timeout)),
         };
         if let Some(s) = self.h2_slot() {
             return Ok(s);
@@ -302,10 +313,11 @@ impl Pool {
 
     async fn dial(&self, timeout: Duration) -> io::Result<Sender> {
         let d = &self.dialer;
+        let addr = d.addrs.next();
         let started = Instant::now();
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(d.addr)).await {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(s) => s?,
-            Err(_) => return Err(timed_out(d.addr, timeout)),
+            Err(_) => return Err(timed_out(addr, timeout)),
         };
         let _ = stream.set_nodelay(true);
         let Some((connector, name)) = &d.tls else {
@@ -320,15 +332,15 @@ impl Pool {
             }
             Ok(Err(e)) => {
                 self.tls_error.inc();
-                tracing::warn!(target_addr = %d.addr, error = %e, "upstream TLS handshake failed");
+                tracing::warn!(target_addr = %addr, error = %e, "upstream TLS handshake failed");
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionRefused,
-                    format!("TLS handshake with {} failed: {e}", d.addr),
+                    format!("TLS handshake with {addr} failed: {e}"),
                 ));
             }
             Err(_) => {
                 self.tls_error.inc();
-                return Err(timed_out(d.addr, timeout));
+                return Err(timed_out(addr, timeout));
             }
         };
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -338,7 +350,7 @@ impl Pool {
         if !h2 && d.protocol == Protocol::H2 {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionRefused,
-                format!("{} did not agree to HTTP/2 (ALPN h2)", d.addr),
+                format!("{addr} did not agree to HTTP/2 (ALPN h2)"),
             ));
         }
         self.handshake(tls, h2).await

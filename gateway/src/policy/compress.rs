@@ -321,6 +321,10 @@ impl CompressBody {
         self.inner.target()
     }
 
+    pub fn head_time(&self) -> Option<std::time::Duration> {
+        self.inner.head_time()
+    }
+
     fn new(inner: ResBody, coding: Coding) -> Self {
         let sink = Sink::default();
         let encoder = match coding {

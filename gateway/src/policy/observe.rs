@@ -35,6 +35,12 @@ pub struct RouteObs {
     pub cors: Option<Arc<crate::policy::cors::CorsRt>>,
     /// `response_headers`: applied to every answer of the route, the gateway's own included.
     pub response_headers: Option<crate::config::HeaderRules>,
+    /// The route's upstream (for the access log); `None` for "no route".
+    pub upstream: Option<Arc<str>>,
+    /// Span export (`[tracing]` with an endpoint).
+    pub spans: Option<Arc<crate::spans::Exporter>>,
+    /// `[access_log]`; `None`: the first-wave line through the process log.
+    pub access_log: Option<Arc<crate::access_log::AccessLogRt>>,
 }
 
 #[derive(Clone, Debug)]
@@ -83,10 +89,24 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
-        // W3C trace context: continued or started; the upstream gets our span as its parent.
-        let trace = crate::trace::TraceContext::from_headers(req.headers(), true);
+        // W3C trace context: continued or started; the upstream gets our span (or, when spans
+        // are recorded, the attempt's client span) as its parent.
+        let spans = self.obs.spans.as_ref();
+        let trace = crate::trace::TraceContext::from_headers(
+            req.headers(),
+            spans.is_none_or(|s| s.sample_new()),
+        );
         req.headers_mut()
             .insert(crate::trace::TRACEPARENT, trace.header());
+        let recorder = match spans {
+            Some(s) if trace.sampled => {
+                let r = Arc::new(crate::spans::Recorder::new(s.clone(), trace));
+                req.extensions_mut().insert(r.clone());
+                Some(r)
+            }
+            _ => None,
+        };
+        let detail = recorder.is_some() || self.obs.access_log.is_some();
         let conn = req.extensions().get::<Arc<ConnInfo>>().cloned();
         let client = conn
             .as_ref()
@@ -119,6 +139,21 @@ where
                 .and_then(|_| req.headers().get(http::header::ORIGIN).cloned()),
             preflight: self.obs.cors.is_some()
                 && crate::policy::cors::is_preflight(req.method(), req.headers()),
+            host: detail
+                .then(|| {
+                    req.headers().get(http::header::HOST).cloned().or_else(|| {
+                        req.uri()
+                            .authority()
+                            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                    })
+                })
+                .flatten(),
+            referer: detail
+                .then(|| req.headers().get(http::header::REFERER).cloned())
+                .flatten(),
+            recorder,
+            policy: None,
+            grpc_code: None,
         };
         ObserveFuture {
             inner: self.inner.call(req),
@@ -146,6 +181,15 @@ struct LogCtx {
     origin: Option<HeaderValue>,
     /// A CORS preflight (answered whole by the CORS layer; not decorated again).
     preflight: bool,
+    /// With spans or `[access_log]` only.
+    host: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+    /// The request's spans (sampled, export on).
+    recorder: Option<Arc<crate::spans::Recorder>>,
+    /// The policy that refused the request.
+    policy: Option<&'static str>,
+    /// The grpc-status seen (gRPC requests).
+    grpc_code: Option<u32>,
 }
 
 pin_project_lite::pin_project! {
@@ -194,6 +238,7 @@ where
             }
             Err(err) => {
                 ctx.reason = Some(err.reason());
+                ctx.policy = err.policy();
                 if let (GatewayError::BodyTimeout, Some(c)) = (&err, ctx.conn.as_deref()) {
                     if c.h2 {
                         c.listener.h2_body_timeouts.inc();
@@ -215,12 +260,14 @@ where
         if !grpc_counted {
             if let Some(code) = crate::grpc::status_of(res.headers()) {
                 ctx.obs.metrics.grpc.inc(code);
+                ctx.grpc_code = Some(code);
                 grpc_counted = true;
             }
         }
         if res.extensions().get::<crate::ctx::Degraded>().is_some() {
             ctx.reason = Some("fallback");
         }
+
         if let Some(rules) = &ctx.obs.response_headers {
             rules.apply(res.headers_mut());
         }
@@ -270,8 +317,9 @@ impl Body for ObservedBody {
                 if let Some(d) = frame.data_ref() {
                     this.bytes += d.len() as u64;
                 } else if let (false, Some(t)) = (this.grpc_counted, frame.trailers_ref()) {
-                    if let (Some(code), Some(ctx)) = (crate::grpc::status_of(t), &this.ctx) {
+                    if let (Some(code), Some(ctx)) = (crate::grpc::status_of(t), &mut this.ctx) {
                         ctx.obs.metrics.grpc.inc(code);
+                        ctx.grpc_code = Some(code);
                         this.grpc_counted = true;
                     }
                 }
@@ -298,24 +346,153 @@ impl Drop for ObservedBody {
         let completed = self.ended || self.inner.is_end_stream() || ctx.method == Method::HEAD;
         ctx.obs.metrics.requests.inc(&ctx.method, ctx.status);
         ctx.obs.metrics.duration.observe(elapsed.as_secs_f64());
-        tracing::info!(
-            target: "access",
-            request_id = %DisplayHeader(&ctx.id),
-            trace_id = %ctx.trace.trace_id_hex(),
-            user_agent = ctx.user_agent.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
-            listener = ctx.conn.as_ref().map_or("", |c| c.listener.name.as_str()),
-            client = %DisplayOpt(ctx.client),
-            protocol = version_str(ctx.version),
-            method = ctx.method.as_str(),
-            path = ctx.uri.path(),
-            route = &*ctx.obs.name,
-            status = ctx.status,
-            upstream_target = self.inner.target().unwrap_or(""),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            bytes = self.bytes,
-            completed,
-            error = ctx.reason.unwrap_or(""),
-        );
+        let target = self.inner.target();
+        if let Some(log) = &ctx.obs.access_log {
+            let trace_id = ctx.trace.trace_id_hex();
+            log.log(&crate::access_log::Entry {
+                unix_ms: crate::clock::to_unix_ms(crate::clock::now_ms())
+                    .saturating_sub(elapsed.as_millis() as u64),
+                request_id: ctx.id.to_str().unwrap_or("-"),
+                trace_id: trace_id.as_str(),
+                client_ip: ctx.client,
+                method: ctx.method.as_str(),
+                host: ctx.host.as_ref().and_then(|h| h.to_str().ok()),
+                path: ctx.uri.path(),
+                protocol: version_str(ctx.version),
+                status: ctx.status,
+                bytes_sent: self.bytes,
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                upstream_ms: self.inner.head_time().map(|t| t.as_secs_f64() * 1000.0),
+                route: &ctx.obs.name,
+                upstream: ctx.obs.upstream.as_deref(),
+                target,
+                listener: ctx.conn.as_ref().map(|c| c.listener.name.as_str()),
+                user_agent: ctx.user_agent.as_ref().and_then(|v| v.to_str().ok()),
+                referer: ctx.referer.as_ref().and_then(|v| v.to_str().ok()),
+                error: ctx.reason,
+            });
+        } else {
+            tracing::info!(
+                target: "access",
+                request_id = %DisplayHeader(&ctx.id),
+                trace_id = %ctx.trace.trace_id_hex(),
+                user_agent = ctx.user_agent.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+                listener = ctx.conn.as_ref().map_or("", |c| c.listener.name.as_str()),
+                client = %DisplayOpt(ctx.client),
+                protocol = version_str(ctx.version),
+                method = ctx.method.as_str(),
+                path = ctx.uri.path(),
+                route = &*ctx.obs.name,
+                status = ctx.status,
+                upstream_target = target.unwrap_or(""),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                bytes = self.bytes,
+                completed,
+                error = ctx.reason.unwrap_or(""),
+            );
+        }
+        if let Some(rec) = &ctx.recorder {
+            rec.finish(server_span(&ctx, completed));
+        }
+    }
+}
+
+/// The request's server span (SPEC §8.4): `<METHOD> <route>`, the HTTP semantic attributes,
+/// status Error for 5xx with `error.type`, an event naming the policy that refused it.
+fn server_span(ctx: &LogCtx, completed: bool) -> crate::spans::ProtoSpan {
+    use crate::spans::{kv_int, kv_str};
+    let matched = ctx.obs.upstream.is_some();
+    let name = if matched {
+        format!("{} {}", ctx.method, ctx.obs.name)
+    } else {
+        ctx.method.to_string()
+    };
+    let https = ctx.conn.as_ref().is_some_and(|c| c.listener.https);
+    let mut attributes = vec![
+        kv_str("http.request.method", ctx.method.as_str()),
+        kv_str("url.path", ctx.uri.path()),
+        kv_str("url.scheme", if https { "https" } else { "http" }),
+        kv_int("http.response.status_code", i64::from(ctx.status)),
+        kv_str(
+            "network.protocol.version",
+            version_str(ctx.version).trim_start_matches("HTTP/"),
+        ),
+    ];
+    if matched {
+        attributes.push(kv_str("http.route", &*ctx.obs.name));
+    }
+    if let Some(host) = ctx.host.as_ref().and_then(|h| h.to_str().ok()) {
+        let (name, port) = split_host(host);
+        attributes.push(kv_str("server.address", name));
+        let port = port.unwrap_or(if https { 443 } else { 80 });
+        attributes.push(kv_int("server.port", port));
+    }
+    if let Some(ip) = ctx.client {
+        attributes.push(kv_str("client.address", ip.to_string()));
+    }
+    if let Some(code) = ctx.grpc_code {
+        attributes.push(kv_int("rpc.grpc.status_code", i64::from(code)));
+    }
+    if let Some(ua) = ctx.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
+        attributes.push(kv_str("user_agent.original", ua));
+    }
+    attributes.push(kv_str("gateway.request_id", ctx.id.to_str().unwrap_or("-")));
+    if !completed {
+        attributes.push(kv_str("gateway.incomplete", "true"));
+    }
+    let error_type = match ctx.reason {
+        Some("timeout") => Some("timeout".to_string()),
+        Some("connect_error") => Some("connect_error".into()),
+        Some("upstream_error") => Some("reset".into()),
+        Some("no_target") => Some("no_target".into()),
+        Some("overloaded") => Some("concurrency_limit".into()),
+        Some(r) if ctx.status >= 500 => Some(r.to_string()),
+        Some(r) if ctx.policy.is_some() => Some(r.to_string()),
+        _ if ctx.status >= 500 => Some(ctx.status.to_string()),
+        _ => None,
+    };
+    if let Some(e) = &error_type {
+        attributes.push(kv_str("error.type", e.clone()));
+    }
+    let status = (ctx.status >= 500)
+        .then(|| crate::spans::error_status(error_type.clone().unwrap_or_default()))
+        .flatten();
+    let events = ctx
+        .policy
+        .map(|p| {
+            vec![crate::spans::event(
+                "policy.refused",
+                vec![
+                    kv_str("gateway.policy", p),
+                    kv_str("gateway.reason", ctx.reason.unwrap_or("")),
+                    kv_int("http.response.status_code", i64::from(ctx.status)),
+                ],
+            )]
+        })
+        .unwrap_or_default();
+    crate::spans::ProtoSpan {
+        name,
+        attributes,
+        status,
+        events,
+        ..Default::default()
+    }
+}
+
+/// `host[:port]` or `[v6][:port]` of a Host header.
+fn split_host(host: &str) -> (&str, Option<i64>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((h, tail)) => (h, tail.strip_prefix(':').and_then(|p| p.parse().ok())),
+            None => (host, None),
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) => match p.parse() {
+            Ok(p) => (h, Some(p)),
+            Err(_) => (host, None),
+        },
+        None => (host, None),
     }
 }
 

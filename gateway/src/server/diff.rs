@@ -164,6 +164,13 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
             what: "changed",
         });
     }
+    if old.discovery != new.discovery {
+        c.push(Change {
+            kind: "discovery",
+            name: "discovery".into(),
+            what: "changed",
+        });
+    }
     if old.server != new.server {
         c.push(Change {
             kind: "server",

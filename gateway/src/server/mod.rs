@@ -4,6 +4,7 @@
 //! accept loops (`edge/`) and swaps config generations (`runtime.rs`) under them.
 
 pub mod diff;
+pub mod discover;
 pub mod handover;
 pub mod reload;
 
@@ -206,8 +207,15 @@ pub async fn serve(
         .iter()
         .map(|l| (l.name.clone(), l.listen))
         .collect();
-    let runtime = Runtime::build(Arc::new(config), &metrics, &ids, 1, None)?;
+    // Names are looked up before anything serves: a `host:port` target that does not resolve
+    // fails the start; discovering upstreams get a first lookup (they may start empty).
+    crate::discovery::prepare(&config, &metrics)
+        .await
+        .map_err(|e| e.join("\n"))?;
+    let found = crate::discovery::found();
+    let runtime = Runtime::build(Arc::new(config), &metrics, &ids, 1, None, &found, false)?;
     let shared = Arc::new(Shared::new(runtime, metrics, ids));
+    discover::reconcile(&shared);
 
     for (name, std_listener) in bound.listeners {
         let addr = std_listener.local_addr().map_err(|e| e.to_string())?;
@@ -223,6 +231,7 @@ pub async fn serve(
         }
     }
     reload::spawn_signal_reloads(&shared);
+    crate::access_log::spawn_reopen_on_signal();
     reload::spawn_file_watch(&shared, &path);
     if let Some(std_listener) = bound.admin {
         if let (Ok(mut slot), Ok(dup)) = (shared.admin_socket.lock(), std_listener.try_clone()) {

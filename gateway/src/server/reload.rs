@@ -148,20 +148,8 @@ pub async fn reload_from(
     };
     let loaded = match loaded {
         Ok(l) => l,
-        Err(errors) => {
-            if !dry_run {
-                shared
-                    .metrics
-                    .config_reloads_total
-                    .with_label_values(&["error"])
-                    .inc();
-                for e in &errors {
-                    tracing::error!(error = %e, ?trigger, "config reload refused; the running config stays");
-                }
-                refused_event(&current, trigger, &errors);
-            }
-            return Report::error(current.generation, errors);
-        }
+        Err(errors) if dry_run => return Report::error(current.generation, errors),
+        Err(errors) => return refuse(shared, &current, trigger, errors),
     };
     let d = diff::diff(&current.config, &loaded.config);
     if dry_run {
@@ -188,38 +176,30 @@ pub async fn reload_from(
     // New listeners are bound before anything changes: a taken port refuses the reload.
     let (added, moved) = match bind_new(shared, &config) {
         Ok(x) => x,
-        Err(e) => {
-            shared
-                .metrics
-                .config_reloads_total
-                .with_label_values(&["error"])
-                .inc();
-            tracing::error!(error = %e, "config reload refused; the running config stays");
-            refused_event(&current, trigger, std::slice::from_ref(&e));
-            return Report::error(current.generation, vec![e]);
-        }
+        Err(e) => return refuse(shared, &current, trigger, vec![e]),
     };
+    // New `host:port` names must resolve (else the reload is refused); new discovering
+    // upstreams get their first lookup.
+    if let Err(errors) = crate::discovery::prepare(&config, &shared.metrics).await {
+        return refuse(shared, &current, trigger, errors);
+    }
+    let found = crate::discovery::found();
     let runtime = match Runtime::build(
         config.clone(),
         &shared.metrics,
         &shared.ids,
         generation,
         Some(&current),
+        &found,
+        false,
     ) {
         Ok(r) => r,
-        Err(e) => {
-            shared
-                .metrics
-                .config_reloads_total
-                .with_label_values(&["error"])
-                .inc();
-            tracing::error!(error = %e, "config reload refused; the running config stays");
-            refused_event(&current, trigger, std::slice::from_ref(&e));
-            return Report::error(current.generation, vec![e]);
-        }
+        Err(e) => return refuse(shared, &current, trigger, vec![e]),
     };
-    shared.runtime.store(Arc::new(runtime));
-    shared.metrics.prune(&config);
+    let runtime = Arc::new(runtime);
+    shared.runtime.store(runtime.clone());
+    shared.metrics.prune(&config, &runtime.target_ids());
+    super::discover::reconcile(shared);
     start_listeners(shared, &config, added, moved);
     shared
         .metrics
@@ -259,6 +239,20 @@ pub async fn reload_from(
         warnings: loaded.warnings,
         diff: Some(d),
     }
+}
+
+/// A refused reload: counted, logged, an event; the running config stays.
+fn refuse(shared: &Shared, current: &Runtime, trigger: Trigger, errors: Vec<String>) -> Report {
+    shared
+        .metrics
+        .config_reloads_total
+        .with_label_values(&["error"])
+        .inc();
+    for e in &errors {
+        tracing::error!(error = %e, ?trigger, "config reload refused; the running config stays");
+    }
+    refused_event(current, trigger, &errors);
+    Report::error(current.generation, errors)
 }
 
 type Bound = Vec<(String, SocketAddr, std::net::TcpListener)>;

@@ -32,7 +32,11 @@ impl AuthClient {
             max_streams: 100,
         };
         Self {
-            pool: Arc::new(Pool::new(policy.addr, &cfg, metrics)),
+            pool: Arc::new(Pool::new(
+                Arc::new(crate::endpoint::Addrs::fixed(policy.addr, None)),
+                &cfg,
+                metrics,
+            )),
             tls: policy.https,
             connect_timeout: policy.timeout,
         }

@@ -11,7 +11,7 @@ pub mod auth_client;
 pub mod proxy;
 pub mod tunnel;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +25,7 @@ use crate::balance::{key, Balancer};
 use crate::clock;
 use crate::config::{self, OnMissingKey};
 use crate::endpoint::rolling::Rolling;
-use crate::endpoint::{health, Endpoint, Shard};
+use crate::endpoint::{health, Addrs, Endpoint, Shard};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 
@@ -60,17 +60,19 @@ pub struct UpstreamRt {
 
 impl UpstreamRt {
     pub fn build(cfg: &config::Upstream, metrics: &Metrics) -> Self {
-        Self::build_reusing(cfg, metrics, None)
+        Self::build_reusing(cfg, metrics, None, &crate::discovery::HostAddrs::new())
     }
 
     /// Build, keeping the endpoints of `previous` (the same upstream in the config generation
-    /// being replaced) that are unchanged: same id, address and role, same health, outlier,
-    /// breaker and connect settings. They keep their health, circuit and ejection state and
-    /// their pooled connections.
+    /// being replaced) that are unchanged: same id, address (or DNS name) and role, same
+    /// health, outlier, breaker and connect settings. They keep their health, circuit and
+    /// ejection state, their pooled connections and their DNS addresses. New endpoints of
+    /// targets written as `host:port` start with the addresses in `hosts`.
     pub fn build_reusing(
         cfg: &config::Upstream,
         metrics: &Metrics,
         previous: Option<&UpstreamRt>,
+        hosts: &crate::discovery::HostAddrs,
     ) -> Self {
         metrics.upstream(&cfg.name);
         let same_policies = previous.is_some_and(|p| {
@@ -78,23 +80,48 @@ impl UpstreamRt {
                 && p.config.outlier == cfg.outlier
                 && p.config.circuit_breaker == cfg.circuit_breaker
                 && p.config.connect_timeout == cfg.connect_timeout
+                && p.config.tls == cfg.tls
+                && p.config.protocol == cfg.protocol
+                && p.config.max_idle_per_target == cfg.max_idle_per_target
+                && p.config.h2_max_streams_per_connection == cfg.h2_max_streams_per_connection
         });
-        let reuse = |id: &str, addr: std::net::SocketAddr, backup_of: Option<&str>| {
+        let reuse = |id: &str, t: &config::Target, backup: Option<(SocketAddr, &str)>| {
             previous.filter(|_| same_policies).and_then(|p| {
                 p.endpoints()
-                    .find(|e| e.id == id && e.addr == addr && e.backup_of.as_deref() == backup_of)
+                    .find(|e| match backup {
+                        None => {
+                            e.id == id
+                                && e.backup_of.is_none()
+                                && e.addrs.same_source(t.addr, t.host.as_deref(), t.resolve)
+                        }
+                        Some((addr, of)) => {
+                            e.id == id
+                                && e.backup_of.as_deref() == Some(of)
+                                && e.addrs.same_source(addr, None, false)
+                        }
+                    })
                     .cloned()
             })
+        };
+        let addrs_of = |t: &config::Target| -> Arc<Addrs> {
+            match (&t.host, t.resolve) {
+                (Some(h), true) => {
+                    let port = t.addr.port();
+                    let list = hosts.get(&(h.clone(), port)).cloned().unwrap_or_default();
+                    Arc::new(Addrs::resolving(h.clone(), port, list))
+                }
+                _ => Arc::new(Addrs::fixed(t.addr, t.host.clone())),
+            }
         };
         let shards = cfg
             .targets
             .iter()
             .map(|t| {
                 let mut endpoints = Vec::with_capacity(1 + t.backups.len());
-                endpoints.push(reuse(&t.id, t.addr, None).unwrap_or_else(|| {
+                endpoints.push(reuse(&t.id, t, None).unwrap_or_else(|| {
                     Arc::new(Endpoint::new(
                         t.id.clone(),
-                        t.addr,
+                        addrs_of(t),
                         None,
                         metrics.endpoint(&cfg.name, &t.id),
                         cfg,
@@ -102,10 +129,10 @@ impl UpstreamRt {
                 }));
                 for b in &t.backups {
                     let id = b.to_string();
-                    endpoints.push(reuse(&id, *b, Some(&t.id)).unwrap_or_else(|| {
+                    endpoints.push(reuse(&id, t, Some((*b, &t.id))).unwrap_or_else(|| {
                         Arc::new(Endpoint::new(
                             id.clone(),
-                            *b,
+                            Arc::new(Addrs::fixed(*b, None)),
                             Some(t.id.clone()),
                             metrics.endpoint(&cfg.name, &id),
                             cfg,
@@ -322,6 +349,9 @@ pub fn spawn_background(upstream: &Arc<UpstreamRt>) {
             health::spawn(watcher, Arc::downgrade(ep), policy.clone());
         }
     }
+    for ep in upstream.endpoints() {
+        crate::discovery::spawn_refresh(ep, &upstream.name);
+    }
     let weak = Arc::downgrade(upstream);
     let changed = upstream.changed.clone();
     rt.spawn(async move {
@@ -359,6 +389,8 @@ mod tests {
             targets: vec![config::Target {
                 id: "t".into(),
                 addr: "127.0.0.1:1".parse().unwrap(),
+                host: None,
+                resolve: false,
                 weight: 1,
                 backups: Vec::new(),
                 slots: Vec::new(),
@@ -373,6 +405,7 @@ mod tests {
             protocol: crate::config::Protocol::Http1,
             tls: None,
             h2_max_streams_per_connection: 100,
+            discover: None,
         };
         extra(&mut cfg);
         Arc::new(UpstreamRt::build(&cfg, &Metrics::new()))

@@ -206,6 +206,11 @@ async fn proxy_request(
         };
         headers::prepare(&mut parts, &hop)?;
     }
+    // The request's spans (sampled, export on): a client span per attempt.
+    let recorder = parts
+        .extensions
+        .get::<Arc<crate::spans::Recorder>>()
+        .cloned();
     // Extensions are ours, not the upstream's.
     parts.extensions.clear();
 
@@ -304,8 +309,16 @@ async fn proxy_request(
             if !ep.is_up() || unusable.iter().any(|u| Arc::ptr_eq(u, ep)) {
                 continue;
             }
-            let Some(attempt) = req.take() else { break };
-            match send(up, ep, attempt, &timing).await {
+            let Some(mut attempt) = req.take() else { break };
+            let begun = recorder.as_ref().map(|r| {
+                let method = attempt.method().clone();
+                (r.begin(attempt.headers_mut()), method)
+            });
+            let outcome = send(up, ep, attempt, &timing).await;
+            if let (Some(r), Some((b, method))) = (&recorder, begun) {
+                attempt_span(r, b, &method, up, ep, &outcome);
+            }
+            match outcome {
                 Attempt::Done(r) => {
                     result = Some(r);
                     break;
@@ -424,12 +437,18 @@ pub struct BufferedBody {
     data: Option<Bytes>,
     endpoint: Arc<Endpoint>,
     _lease: BufferLease,
+    head_time: Duration,
 }
 
 impl BufferedBody {
     /// The endpoint (`target` label) that answered.
     pub fn target(&self) -> &str {
         &self.endpoint.id
+    }
+
+    /// How long the upstream's response head took.
+    pub fn head_time(&self) -> Duration {
+        self.head_time
     }
 }
 
@@ -501,6 +520,44 @@ fn circuit_moved(up: &UpstreamRt, ep: &Endpoint, state: CircuitState) {
         format!("circuit {}", state.as_str().replace('_', "-")),
     );
     up.changed();
+}
+
+/// The client span of one attempt (SPEC §8.4): the answer's status, or `error.type`.
+fn attempt_span(
+    r: &crate::spans::Recorder,
+    begun: crate::spans::Begun,
+    method: &Method,
+    up: &UpstreamRt,
+    ep: &Endpoint,
+    outcome: &Attempt,
+) {
+    let (status, error) = match outcome {
+        Attempt::Done(Ok(res)) => (Some(res.status().as_u16()), None),
+        Attempt::Done(Err(e)) => (
+            None,
+            Some(match e {
+                GatewayError::UpstreamTimeout => "timeout",
+                GatewayError::Upstream(_) => "reset",
+                GatewayError::Connect(_) => "connect_error",
+                other => other.reason(),
+            }),
+        ),
+        Attempt::NotSent(_, Some(e)) if e.to_string().contains("TLS") => (None, Some("tls_error")),
+        Attempt::NotSent(_, Some(_)) => (None, Some("connect_error")),
+        Attempt::NotSent(_, None) => (None, Some("circuit_open")),
+        Attempt::Overloaded => (None, Some("concurrency_limit")),
+    };
+    let addr = ep.addr();
+    r.end(
+        begun,
+        method,
+        &up.name,
+        &ep.id,
+        addr,
+        ep.addrs.host(),
+        status,
+        error,
+    );
 }
 
 async fn send(
@@ -594,6 +651,7 @@ async fn send(
                     ep.metrics.ok.inc();
                 }
                 record(up, ep, permit, failure);
+                let head_time = attempt.elapsed();
                 let (mut parts, body) = res.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
                 let exact = body.size_hint().exact();
@@ -603,6 +661,7 @@ async fn send(
                     in_flight,
                     ended: false,
                     upstream_slot: None,
+                    head_time,
                 };
                 if let Some(lease) =
                     whole_response_len(&parts, head, exact).and_then(BufferLease::try_new)
@@ -618,6 +677,7 @@ async fn send(
                                 data: Some(c.to_bytes()),
                                 endpoint: ep.clone(),
                                 _lease: lease,
+                                head_time,
                             }),
                         ))),
                         Ok(Err(e)) => Attempt::Done(Err(GatewayError::Upstream(e))),
@@ -695,12 +755,18 @@ pub struct UpstreamBody {
     ended: bool,
     /// The upstream-wide `max_in_flight` slot, held until the response is done.
     upstream_slot: Option<InFlightGuard>,
+    head_time: Duration,
 }
 
 impl UpstreamBody {
     /// The endpoint (`target` label) that answered.
     pub fn target(&self) -> &str {
         &self.in_flight.endpoint.id
+    }
+
+    /// How long the upstream's response head took.
+    pub fn head_time(&self) -> Duration {
+        self.head_time
     }
 }
 

@@ -110,21 +110,25 @@ pub async fn open(
     let Some(ep) = pick.and_then(|i| up.shards[i].serving().cloned()) else {
         return Err(GatewayError::NoTarget);
     };
-    let stream =
-        match tokio::time::timeout(up.config.connect_timeout, TcpStream::connect(ep.addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                ep.metrics.connect_error.inc();
-                return Err(GatewayError::Connect(e));
-            }
-            Err(_) => {
-                ep.metrics.connect_error.inc();
-                return Err(GatewayError::Connect(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connect timed out",
-                )));
-            }
-        };
+    let stream = match tokio::time::timeout(
+        up.config.connect_timeout,
+        TcpStream::connect(ep.addrs.next()),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            ep.metrics.connect_error.inc();
+            return Err(GatewayError::Connect(e));
+        }
+        Err(_) => {
+            ep.metrics.connect_error.inc();
+            return Err(GatewayError::Connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            )));
+        }
+    };
     let _ = stream.set_nodelay(true);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

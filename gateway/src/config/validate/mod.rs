@@ -14,6 +14,7 @@ use super::units::{parse_duration, parse_size};
 use super::{Admin, Config, Loaded, Mode, Server, Source};
 
 mod listeners;
+mod observability;
 mod policies;
 mod routes;
 mod upstreams;
@@ -28,6 +29,8 @@ struct Validator<'a> {
     mode: Mode,
     errors: Vec<Diag>,
     warnings: Vec<Diag>,
+    /// Targets written as `host:port`: (host, port, where).
+    hostnames: Vec<(String, u16, Range<usize>)>,
 }
 
 pub(super) fn validate(
@@ -40,8 +43,9 @@ pub(super) fn validate(
         mode,
         errors: Vec::new(),
         warnings: Vec::new(),
+        hostnames: Vec::new(),
     };
-    let config = v.file(&file);
+    let mut config = v.file(&file);
     // Report in file order, like a compiler.
     v.errors
         .sort_by_key(|d| d.span.as_ref().map_or(0, |s| s.start));
@@ -59,6 +63,22 @@ pub(super) fn validate(
                 .format(d.span.clone(), &format!("warning: {}", d.message))
         })
         .collect();
+    let mut hostnames: Vec<crate::config::HostRef> = v
+        .hostnames
+        .iter()
+        .map(|(host, port, span)| crate::config::HostRef {
+            host: host.clone(),
+            port: *port,
+            at: v
+                .src
+                .format(Some(span.clone()), "")
+                .trim_end_matches(": ")
+                .to_string(),
+        })
+        .collect();
+    hostnames.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+    hostnames.dedup_by(|a, b| a.host == b.host && a.port == b.port);
+    config.hostnames = hostnames;
     Ok(Loaded { config, warnings })
 }
 
@@ -242,6 +262,9 @@ impl Validator<'_> {
         let limits = self.limits(&f.limits);
         let (jwt, api_keys, integrity, rate_limits, redis) = self.policies(f);
         let upstreams = self.upstreams(&f.upstreams);
+        let discovery = self.discovery(f.discovery.as_ref());
+        let tracing = self.tracing(f.tracing.as_ref());
+        let access_log = self.access_log(f.access_log.as_ref());
         let cors = self.cors_tables(&f.cors);
         let forward_auth = self.forward_auth_tables(&f.forward_auth);
         let mut identity: Vec<http::HeaderName> = crate::config::FIXED_IDENTITY_HEADERS
@@ -270,6 +293,10 @@ impl Validator<'_> {
             redis,
             cors,
             forward_auth,
+            discovery,
+            hostnames: Vec::new(),
+            tracing,
+            access_log,
             redacted: redacted_view(f),
         }
     }

@@ -9,7 +9,8 @@ use toml::Spanned;
 
 use super::super::file::{self, BalancerKind, OnMissingKey, SlotsValue};
 use super::super::{
-    BreakerPolicy, HealthCheck, KeySpec, OutlierPolicy, Target, Upstream, SLOT_COUNT,
+    BreakerPolicy, Discover, Discovery, HealthCheck, KeySpec, OutlierPolicy, Target, Upstream,
+    SLOT_COUNT,
 };
 use super::*;
 use crate::config::{Protocol, UpstreamTls};
@@ -241,7 +242,7 @@ impl Validator<'_> {
         let mut maglev_table_size = None;
         if let Some(m) = &uf.maglev_table_size {
             let size = *m.get_ref();
-            let targets = uf.targets.get_ref().len() as i64;
+            let targets = uf.targets.as_ref().map_or(0, |t| t.get_ref().len()) as i64;
             if balancer != BalancerKind::Maglev {
                 self.error(
                     m.span(),
@@ -260,7 +261,33 @@ impl Validator<'_> {
             }
         }
 
-        let targets = self.targets(name, balancer, &uf.targets);
+        let discover = uf.discover.as_ref().and_then(|d| self.discover(d));
+        let targets = match (&uf.targets, &uf.discover) {
+            (Some(list), None) => self.targets(name, balancer, list),
+            (None, Some(d)) => {
+                if balancer == BalancerKind::Slots {
+                    self.error(
+                        d.span(),
+                        "discover cannot be used with balancer = \"slots\" (slot ranges belong to named targets)",
+                    );
+                }
+                Vec::new()
+            }
+            (Some(_), Some(d)) => {
+                self.error(
+                    d.span(),
+                    format!("upstream {name:?}: set targets or discover, not both"),
+                );
+                Vec::new()
+            }
+            (None, None) => {
+                self.error(
+                    u.span(),
+                    format!("upstream {name:?} has no targets: set targets = [...] or discover = {{ dns = \"NAME\", port = PORT }}"),
+                );
+                Vec::new()
+            }
+        };
         Some(Upstream {
             name: name.to_string(),
             balancer,
@@ -278,7 +305,110 @@ impl Validator<'_> {
             protocol,
             tls,
             h2_max_streams_per_connection,
+            discover,
         })
+    }
+
+    /// `discover = { dns = NAME, port = P }` or `{ dns_srv = NAME }`.
+    fn discover(&mut self, d: &Spanned<file::DiscoverFile>) -> Option<Discover> {
+        let df = d.get_ref();
+        match (&df.dns, &df.dns_srv) {
+            (Some(name), None) => {
+                let name = self.dns_name(name)?;
+                let Some(port) = &df.port else {
+                    self.error(d.span(), "discover = { dns = ... } needs port = PORT");
+                    return None;
+                };
+                let p = *port.get_ref();
+                if !(1..=65535).contains(&p) {
+                    self.error(
+                        port.span(),
+                        format!("port must be within 1..=65535, not {p}"),
+                    );
+                    return None;
+                }
+                Some(Discover::Dns {
+                    name,
+                    port: p as u16,
+                })
+            }
+            (None, Some(name)) => {
+                if let Some(port) = &df.port {
+                    self.error(
+                        port.span(),
+                        "discover = { dns_srv = ... } takes its ports from the SRV records: remove port",
+                    );
+                }
+                let name = self.dns_name(name)?;
+                Some(Discover::Srv { name })
+            }
+            (Some(_), Some(s)) => {
+                self.error(s.span(), "discover takes dns or dns_srv, not both");
+                None
+            }
+            (None, None) => {
+                self.error(
+                    d.span(),
+                    "discover needs dns = \"NAME\" (with port) or dns_srv = \"NAME\"",
+                );
+                None
+            }
+        }
+    }
+
+    /// A DNS name as written: lower-cased, without a trailing dot.
+    fn dns_name(&mut self, s: &Spanned<String>) -> Option<String> {
+        match normalise_dns_name(s.get_ref()) {
+            Some(n) => Some(n),
+            None => {
+                self.error(
+                    s.span(),
+                    format!(
+                        "{:?} is not a DNS name (letters, digits, '-' and '_' in dot-separated labels of at most 63, 253 in all)",
+                        s.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `[discovery]`.
+    pub(super) fn discovery(&mut self, d: Option<&Spanned<file::DiscoveryFile>>) -> Discovery {
+        let defaults = Discovery::default();
+        let Some(d) = d else {
+            return defaults;
+        };
+        let df = d.get_ref();
+        let mut resolvers = Vec::new();
+        for r in df.resolvers.as_deref().unwrap_or(&[]) {
+            let text = r.get_ref();
+            let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+                text.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Some(a) => resolvers.push(a),
+                None => self.error(
+                    r.span(),
+                    format!("resolver {text:?} is not an IP:PORT address (e.g. \"10.96.0.10:53\")"),
+                ),
+            }
+        }
+        let min_refresh =
+            self.positive_duration(&df.min_refresh, defaults.min_refresh, "min_refresh");
+        let max_refresh =
+            self.positive_duration(&df.max_refresh, defaults.max_refresh, "max_refresh");
+        if max_refresh < min_refresh {
+            let span = df.max_refresh.as_ref().map_or(d.span(), |s| s.span());
+            self.error(span, "max_refresh must be at least min_refresh");
+        }
+        Discovery {
+            resolvers,
+            min_refresh,
+            max_refresh: max_refresh.max(min_refresh),
+        }
     }
 
     /// `tls = { ... }` of an upstream: read its files, build the client config (ALPN by
@@ -369,12 +499,42 @@ impl Validator<'_> {
         let mut out = Vec::new();
         let mut ids: HashSet<String> = HashSet::new();
         let mut addrs: HashSet<SocketAddr> = HashSet::new();
+        let mut hosts: HashSet<(String, u16)> = HashSet::new();
         let mut any_slots = false;
         let mut slot_spans: Vec<(RangeInclusive<u16>, Range<usize>)> = Vec::new();
         for t in list.get_ref() {
             let tf = t.get_ref();
-            let addr = self.socket_addr(&tf.addr, "target addr");
-            if let Some(a) = addr {
+            let mut host = None;
+            let addr = match tf.addr.get_ref().parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => match split_host_port(tf.addr.get_ref()) {
+                    Some((h, port)) => {
+                        if !hosts.insert((h.clone(), port)) {
+                            self.error(
+                                tf.addr.span(),
+                                format!(
+                                    "{:?} is used twice in upstream {upstream:?}",
+                                    tf.addr.get_ref()
+                                ),
+                            );
+                        }
+                        self.hostnames.push((h.clone(), port, tf.addr.span()));
+                        host = Some(h);
+                        Some(SocketAddr::from(([0, 0, 0, 0], port)))
+                    }
+                    None => {
+                        self.error(
+                            tf.addr.span(),
+                            format!(
+                                "target addr {:?} is not IP:PORT or HOST:PORT (e.g. \"127.0.0.1:8080\", \"[::1]:8080\", \"orders.internal:8080\")",
+                                tf.addr.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                },
+            };
+            if let Some(a) = addr.filter(|_| host.is_none()) {
                 if !addrs.insert(a) {
                     self.error(
                         tf.addr.span(),
@@ -450,6 +610,8 @@ impl Validator<'_> {
                 out.push(Target {
                     id,
                     addr,
+                    resolve: host.is_some(),
+                    host,
                     weight,
                     backups,
                     slots,
@@ -549,4 +711,34 @@ pub(super) fn parse_slot_range(v: &SlotsValue) -> Result<RangeInclusive<u16>, St
             }
         }
     }
+}
+
+/// `host:port` with a DNS name (not an IP address: those parse as `SocketAddr`).
+pub(crate) fn split_host_port(text: &str) -> Option<(String, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+    if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+        return None;
+    }
+    Some((normalise_dns_name(host)?, port))
+}
+
+/// A DNS name lower-cased without its trailing dot, or `None` when it is not one: labels of
+/// 1 to 63 letters, digits, `-` or `_` (SRV names), at most 253 characters, not all digits
+/// and dots (that would be a mistyped IPv4 address).
+pub(crate) fn normalise_dns_name(text: &str) -> Option<String> {
+    let name = text.strip_suffix('.').unwrap_or(text);
+    if name.is_empty() || name.len() > 253 {
+        return None;
+    }
+    let labels_ok = name.split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    let numeric = name.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    (labels_ok && !numeric).then(|| name.to_ascii_lowercase())
 }
