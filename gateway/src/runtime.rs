@@ -295,6 +295,7 @@ impl Runtime {
                 upstream: Some(r.upstream.as_str().into()),
                 spans: spans.clone(),
                 access_log: access_log.clone(),
+                idle_timeout: r.idle_timeout,
             });
             let failures = (r.policies.jwt.is_some() || r.policies.api_key.is_some())
                 .then(|| Arc::new(AuthFailures::new(metrics, &r.name)));
@@ -363,8 +364,11 @@ impl Runtime {
                     trusted_proxies: trusted.clone(),
                     retry: r.retry.clone(),
                     fallback: r.fallback.clone(),
-                    websocket: r.websocket.then_some(config.limits.idle_timeout),
+                    websocket: r
+                        .websocket
+                        .then_some(r.idle_timeout.unwrap_or(config.limits.idle_timeout)),
                     body_timeout: config.limits.body_timeout,
+                    spans: spans.is_some(),
                 },
             ));
         }
@@ -377,6 +381,7 @@ impl Runtime {
             upstream: None,
             spans: spans.clone(),
             access_log: access_log.clone(),
+            idle_timeout: None,
         }));
         let table = RouteTable::new(config.routes.iter().map(|r| r.matcher.clone()).collect());
         let router = crate::route::Router::new(

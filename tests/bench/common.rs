@@ -42,6 +42,28 @@ impl Drop for Proc {
 }
 
 /// A binary built next to this one (`gateway-under-test`, `backend-under-test`).
+/// Build the binaries under test in this profile, so a run measures the sources as they are
+/// (`cargo run --bin perf-compare` alone builds only itself).
+pub fn build_siblings() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let release = !cfg!(debug_assertions);
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "-p",
+        "tests",
+        "--bin",
+        "gateway-under-test",
+        "--bin",
+        "backend-under-test",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    let ok = cmd.status().is_ok_and(|s| s.success());
+    assert!(ok, "could not build the binaries under test");
+}
+
 pub fn sibling(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     exe.parent().expect("bin dir").join(name)

@@ -290,10 +290,7 @@ fn secs(d: Option<Duration>) -> String {
 
 fn main() {
     ensure("nginx", &["nginx-light", "nginx"]);
-    assert!(
-        sibling("gateway-under-test").exists(),
-        "build first: cargo build --release -p tests --bins"
-    );
+    common::build_siblings();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

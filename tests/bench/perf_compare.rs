@@ -38,7 +38,7 @@ use serde_json::{json, Value};
 
 #[path = "common.rs"]
 mod common;
-use common::{ensure, free_port, sibling, wait_listening, Proc};
+use common::{build_siblings, ensure, free_port, sibling, wait_listening, Proc};
 
 /// Where a proxy's own complaints go (kept in its round's directory; printed on failure).
 fn log_file(dir: &Path) -> Stdio {
@@ -606,6 +606,7 @@ fn main() {
             .cloned()
             .unwrap_or_else(|| default.to_string())
     };
+    build_siblings();
     let rounds: usize = arg("--rounds", "3").parse().unwrap_or(3);
     let secs: u64 = arg("--seconds", "6").parse().unwrap_or(6);
     let out_file = PathBuf::from(arg("--out", "target/perf-compare.json"));

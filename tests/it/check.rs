@@ -101,7 +101,7 @@ fn reports_the_first_syntax_or_schema_error_with_its_place() {
 }
 
 #[test]
-fn refuses_what_is_not_built_yet_instead_of_ignoring_it() {
+fn refuses_an_unknown_key_instead_of_ignoring_it() {
     let config = r#"[[listeners]]
 name = "http"
 listen = "127.0.0.1:8080"
@@ -112,12 +112,12 @@ targets = [{ addr = "127.0.0.1:9001" }]
 [[routes]]
 name = "r"
 upstream = "u"
-idle_timeout = "0s"
+idle_timeot = "0s"
 "#;
     let (code, _, err) = check(config);
     assert_eq!(code, 1);
     assert!(
-        err.contains("g.toml:11:1") && err.contains("unknown field `idle_timeout`"),
+        err.contains("g.toml:11:1") && err.contains("unknown field `idle_timeot`"),
         "{err}"
     );
 }

@@ -886,3 +886,82 @@ async fn two_thousand_slow_connections_do_not_starve_normal_clients() {
         gw.peak_rss_kib()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_idle_timeout_lets_a_quiet_stream_live() {
+    use http_body_util::BodyExt;
+    // Server-sent events: a first event, 3 s of silence, a second one.
+    let up = crate::harness::origin(|_req: http::Request<hyper::body::Incoming>| async move {
+        let (mut tx, body) =
+            http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(4);
+        tokio::spawn(async move {
+            let _ = tx.send_data(Bytes::from_static(b"data: one\n\n")).await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let _ = tx.send_data(Bytes::from_static(b"data: two\n\n")).await;
+        });
+        http::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body.boxed())
+            .unwrap()
+    })
+    .await;
+    let config = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[limits]
+idle_timeout = "1s"
+
+[upstreams.app]
+targets = [{{ addr = "{up}" }}]
+
+[[routes]]
+name = "events"
+match = {{ path_prefix = "/events" }}
+upstream = "app"
+timeout = "10s"
+idle_timeout = "0s"
+
+[[routes]]
+name = "longer"
+match = {{ path_prefix = "/longer" }}
+upstream = "app"
+timeout = "10s"
+idle_timeout = "5s"
+
+[[routes]]
+name = "default"
+match = {{ path_prefix = "/" }}
+upstream = "app"
+timeout = "10s"
+"#
+    );
+    let gw = Gateway::start(&config);
+    let addr = gw.addr("http");
+    let fetch = |path: &'static str| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        client::read_until_quiet(&mut s, Duration::from_secs(5)).await
+    };
+    let (events, longer, default) = tokio::join!(fetch("/events"), fetch("/longer"), fetch("/"));
+    assert!(
+        events.contains("data: one") && events.contains("data: two"),
+        "{events}"
+    );
+    assert!(
+        longer.contains("data: one") && longer.contains("data: two"),
+        "{longer}"
+    );
+    // [limits] idle_timeout = 1s: the quiet stream is dropped as stalled.
+    assert!(
+        default.contains("data: one") && !default.contains("data: two"),
+        "{default}"
+    );
+}

@@ -502,3 +502,51 @@ async fn export_headers_come_from_the_environment_and_reload_switches_exporters(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opentelemetry_sdk_upstream_hangs_under_the_exported_client_span() {
+    let rx = Receiver::start(&[]);
+    let (_py, up) = crate::tracing::otel_upstream();
+    let gw = Gateway::start_with_env(
+        &config(&[up], &format!("otlp_endpoint = \"{}\"", rx.endpoint())),
+        &[("SPANS_SECRET", SECRET)],
+    );
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    for flag in ["01", "00"] {
+        let res = send(
+            gw.addr("http"),
+            request(
+                "GET",
+                "/t",
+                &[(
+                    "traceparent",
+                    &format!("00-{trace}-b7ad6b7169203331-{flag}"),
+                )],
+                Bytes::new(),
+            ),
+        )
+        .await;
+        assert_eq!(res.status, 200);
+        let v = res.json();
+        assert_eq!(v["trace_id"], trace);
+        assert_eq!(v["sampled"], flag == "01");
+        if flag == "01" {
+            let spans = rx.trace(trace, 2).await;
+            let client = kind(&spans, "CLIENT")[0];
+            assert_eq!(
+                v["parent_span_id"], client["span_id"],
+                "the SDK's extracted parent is the exported client span"
+            );
+            assert_eq!(
+                client["parent_span_id"],
+                kind(&spans, "SERVER")[0]["span_id"]
+            );
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        rx.spans.lock().unwrap().len(),
+        2,
+        "the unsampled call exported nothing"
+    );
+}

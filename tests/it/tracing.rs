@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::client::{request, send};
 use crate::harness::{closed_port, require_python_module, Gateway, Proc};
 
-fn otel_upstream() -> (Proc, std::net::SocketAddr) {
+pub(crate) fn otel_upstream() -> (Proc, std::net::SocketAddr) {
     require_python_module("opentelemetry.sdk", "opentelemetry-sdk");
     let addr = closed_port();
     let mut child = Command::new("python3")

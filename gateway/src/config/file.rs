@@ -374,6 +374,7 @@ pub struct RouteFile {
     pub rate_limit: Option<Name>,
     pub timeout: Option<Spanned<String>>,
     pub total_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
     pub retry: Option<Spanned<RetryFile>>,
     pub fallback: Option<Spanned<FallbackFile>>,
     pub compress: Option<Spanned<bool>>,

@@ -711,6 +711,9 @@ pub struct Route {
     pub deny_ips: Vec<IpNet>,
     /// Upgrade requests (`Upgrade: websocket`) are tunnelled to the upstream.
     pub websocket: bool,
+    /// Overrides `[limits] idle_timeout` while the route's requests are in flight (and for
+    /// its WebSocket tunnels); `Some(ZERO)`: no idle limit (SSE, long gRPC streams).
+    pub idle_timeout: Option<Duration>,
     /// Set, added and removed on the request after the policies, before forwarding.
     pub request_headers: Option<HeaderRules>,
     /// Set, added and removed on every response of the route.

@@ -3,6 +3,7 @@
 //! (`upstream/tunnel.rs`). One per connection: never contended across connections.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -46,6 +47,23 @@ pub struct ConnState {
     last_wait_ms: AtomicU64,
     /// Last time bytes were written to the client, in ms since `started`.
     last_write_ms: AtomicU64,
+    /// Requests in flight on routes with their own `idle_timeout`, and the longest of those
+    /// (ms; `u64::MAX`: no limit).
+    idle_overrides: AtomicUsize,
+    idle_override_ms: AtomicU64,
+}
+
+/// A request's hold on its connection's idle limit (its route's `idle_timeout`): released when
+/// dropped, with the request's state.
+#[derive(Debug)]
+pub struct IdleOverride(Arc<ConnState>);
+
+impl Drop for IdleOverride {
+    fn drop(&mut self) {
+        if self.0.idle_overrides.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle_override_ms.store(0, Ordering::Release);
+        }
+    }
 }
 
 impl ConnState {
@@ -67,6 +85,35 @@ impl ConnState {
             last_write_ms: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
             tunnel_done: tokio::sync::Notify::new(),
+            idle_overrides: AtomicUsize::new(0),
+            idle_override_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// A request of a route with its own `idle_timeout` (`ZERO`: none) is in flight: until the
+    /// returned hold is dropped, the connection may be idle that long with requests in flight
+    /// (the longest such route's, when several are in flight on one HTTP/2 connection).
+    pub fn override_idle(self: &Arc<Self>, idle: Duration) -> IdleOverride {
+        let ms = if idle.is_zero() {
+            u64::MAX
+        } else {
+            idle.as_millis() as u64
+        };
+        self.idle_overrides.fetch_add(1, Ordering::AcqRel);
+        self.idle_override_ms.fetch_max(ms, Ordering::AcqRel);
+        IdleOverride(self.clone())
+    }
+
+    /// How long the connection may go without a byte moving while requests are in flight:
+    /// `default` (`[limits] idle_timeout`), or the routes' override; `None`: no limit.
+    pub fn stall_timeout(&self, default: Duration) -> Option<Duration> {
+        if self.idle_overrides.load(Ordering::Acquire) == 0 {
+            return Some(default);
+        }
+        match self.idle_override_ms.load(Ordering::Acquire) {
+            u64::MAX => None,
+            0 => Some(default),
+            ms => Some(Duration::from_millis(ms)),
         }
     }
 

@@ -277,7 +277,10 @@ fn check(
 ) -> Check {
     let busy = state.is_busy();
     if busy {
-        let stall = state.stall_deadline(limits.idle_timeout);
+        // A route's own `idle_timeout` (in flight) overrides the limit; "0s" lifts it.
+        let stall = state
+            .stall_timeout(limits.idle_timeout)
+            .map_or(now + Duration::from_secs(3600), |t| state.stall_deadline(t));
         if now >= stall {
             return Check::Abort;
         }

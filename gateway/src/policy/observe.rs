@@ -41,6 +41,9 @@ pub struct RouteObs {
     pub spans: Option<Arc<crate::spans::Exporter>>,
     /// `[access_log]`; `None`: the first-wave line through the process log.
     pub access_log: Option<Arc<crate::access_log::AccessLogRt>>,
+    /// The route's own `idle_timeout` (`ZERO`: none), held on the connection while its
+    /// requests are in flight.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -107,7 +110,12 @@ where
             _ => None,
         };
         let detail = recorder.is_some() || self.obs.access_log.is_some();
+
         let conn = req.extensions().get::<Arc<ConnInfo>>().cloned();
+        let idle = self.obs.idle_timeout.and_then(|idle| {
+            let state = conn.as_ref()?.state.as_ref()?;
+            Some(state.override_idle(idle))
+        });
         let client = conn
             .as_ref()
             .map(|c| client_ip(c.peer.ip(), req.headers(), &self.obs.trusted_proxies));
@@ -139,27 +147,36 @@ where
                 .and_then(|_| req.headers().get(http::header::ORIGIN).cloned()),
             preflight: self.obs.cors.is_some()
                 && crate::policy::cors::is_preflight(req.method(), req.headers()),
-            host: detail
-                .then(|| {
-                    req.headers().get(http::header::HOST).cloned().or_else(|| {
+            // Boxed: only spans and `[access_log]` need it, and every request's future moves
+            // this state along the stack.
+            detail: detail.then(|| {
+                Box::new(Detail {
+                    host: req.headers().get(http::header::HOST).cloned().or_else(|| {
                         req.uri()
                             .authority()
                             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                    })
+                    }),
+                    referer: req.headers().get(http::header::REFERER).cloned(),
+                    recorder,
                 })
-                .flatten(),
-            referer: detail
-                .then(|| req.headers().get(http::header::REFERER).cloned())
-                .flatten(),
-            recorder,
+            }),
             policy: None,
             grpc_code: None,
+            _idle: idle,
         };
         ObserveFuture {
             inner: self.inner.call(req),
             ctx: Some(ctx),
         }
     }
+}
+
+/// What spans and `[access_log]` need beyond the built-in access line.
+struct Detail {
+    host: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+    /// The request's spans (sampled, export on).
+    recorder: Option<Arc<crate::spans::Recorder>>,
 }
 
 struct LogCtx {
@@ -182,14 +199,13 @@ struct LogCtx {
     /// A CORS preflight (answered whole by the CORS layer; not decorated again).
     preflight: bool,
     /// With spans or `[access_log]` only.
-    host: Option<HeaderValue>,
-    referer: Option<HeaderValue>,
-    /// The request's spans (sampled, export on).
-    recorder: Option<Arc<crate::spans::Recorder>>,
+    detail: Option<Box<Detail>>,
     /// The policy that refused the request.
     policy: Option<&'static str>,
     /// The grpc-status seen (gRPC requests).
     grpc_code: Option<u32>,
+    /// The route's `idle_timeout` held on the connection until the request is done.
+    _idle: Option<crate::ctx::conn_state::IdleOverride>,
 }
 
 pin_project_lite::pin_project! {
@@ -356,7 +372,11 @@ impl Drop for ObservedBody {
                 trace_id: trace_id.as_str(),
                 client_ip: ctx.client,
                 method: ctx.method.as_str(),
-                host: ctx.host.as_ref().and_then(|h| h.to_str().ok()),
+                host: ctx
+                    .detail
+                    .as_ref()
+                    .and_then(|d| d.host.as_ref())
+                    .and_then(|h| h.to_str().ok()),
                 path: ctx.uri.path(),
                 protocol: version_str(ctx.version),
                 status: ctx.status,
@@ -368,7 +388,11 @@ impl Drop for ObservedBody {
                 target,
                 listener: ctx.conn.as_ref().map(|c| c.listener.name.as_str()),
                 user_agent: ctx.user_agent.as_ref().and_then(|v| v.to_str().ok()),
-                referer: ctx.referer.as_ref().and_then(|v| v.to_str().ok()),
+                referer: ctx
+                    .detail
+                    .as_ref()
+                    .and_then(|d| d.referer.as_ref())
+                    .and_then(|v| v.to_str().ok()),
                 error: ctx.reason,
             });
         } else {
@@ -391,7 +415,7 @@ impl Drop for ObservedBody {
                 error = ctx.reason.unwrap_or(""),
             );
         }
-        if let Some(rec) = &ctx.recorder {
+        if let Some(rec) = ctx.detail.as_ref().and_then(|d| d.recorder.as_ref()) {
             rec.finish(server_span(&ctx, completed));
         }
     }
@@ -421,7 +445,8 @@ fn server_span(ctx: &LogCtx, completed: bool) -> crate::spans::ProtoSpan {
     if matched {
         attributes.push(kv_str("http.route", &*ctx.obs.name));
     }
-    if let Some(host) = ctx.host.as_ref().and_then(|h| h.to_str().ok()) {
+    let host = ctx.detail.as_ref().and_then(|d| d.host.as_ref());
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
         let (name, port) = split_host(host);
         attributes.push(kv_str("server.address", name));
         let port = port.unwrap_or(if https { 443 } else { 80 });

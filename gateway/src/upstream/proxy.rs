@@ -58,6 +58,8 @@ pub struct ForwardConfig {
     pub websocket: Option<Duration>,
     /// `[limits] body_timeout`: a small body received whole must arrive within this.
     pub body_timeout: Duration,
+    /// Spans are exported (`[tracing]` with an endpoint): sampled requests carry a recorder.
+    pub spans: bool,
 }
 
 /// The bottom of a route stack.
@@ -207,10 +209,14 @@ async fn proxy_request(
         headers::prepare(&mut parts, &hop)?;
     }
     // The request's spans (sampled, export on): a client span per attempt.
-    let recorder = parts
-        .extensions
-        .get::<Arc<crate::spans::Recorder>>()
-        .cloned();
+    let recorder = if cfg.spans {
+        parts
+            .extensions
+            .get::<Arc<crate::spans::Recorder>>()
+            .cloned()
+    } else {
+        None
+    };
     // Extensions are ours, not the upstream's.
     parts.extensions.clear();
 
@@ -640,7 +646,8 @@ async fn send(
                 Attempt::Done(Err(GatewayError::UpstreamTimeout))
             }
             Some(Ok(res)) => {
-                ep.metrics.duration.observe(attempt.elapsed().as_secs_f64());
+                let head_time = attempt.elapsed();
+                ep.metrics.duration.observe(head_time.as_secs_f64());
                 // gRPC UNAVAILABLE, DEADLINE_EXCEEDED and INTERNAL in a trailers-only answer
                 // are failures too.
                 let failure = res.status().is_server_error()
@@ -651,7 +658,6 @@ async fn send(
                     ep.metrics.ok.inc();
                 }
                 record(up, ep, permit, failure);
-                let head_time = attempt.elapsed();
                 let (mut parts, body) = res.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
                 let exact = body.size_hint().exact();

@@ -184,6 +184,12 @@ pub async fn open(
         let mut upstream = TokioIo::new(upstream);
         let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
         tokio::pin!(copy);
+        // A route's idle_timeout = "0s": no idle limit (checked hourly, never closing).
+        let (idle_timeout, unlimited) = if idle_timeout.is_zero() {
+            (Duration::from_secs(3600), true)
+        } else {
+            (idle_timeout, false)
+        };
         loop {
             let idle_until = state
                 .as_ref()
@@ -198,7 +204,7 @@ pub async fn open(
                 }
                 () = tokio::time::sleep_until(idle_until) => {
                     let last = state.as_ref().map(|s| s.last_io());
-                    if last.is_none_or(|l| l + idle_timeout <= tokio::time::Instant::now()) {
+                    if !unlimited && last.is_none_or(|l| l + idle_timeout <= tokio::time::Instant::now()) {
                         tracing::debug!("tunnel idle for idle_timeout: closing");
                         break;
                     }

@@ -107,6 +107,10 @@ impl Validator<'_> {
                 .map(|l| self.cidrs(l.get_ref()))
                 .unwrap_or_default();
             let websocket = rf.websocket.as_ref().is_some_and(|x| *x.get_ref());
+            let idle_timeout = rf
+                .idle_timeout
+                .as_ref()
+                .map(|d| self.duration(&Some(d.clone()), Duration::ZERO));
             let host_rewrite =
                 rf.host_rewrite
                     .as_ref()
@@ -135,6 +139,7 @@ impl Validator<'_> {
                 },
                 timeout,
                 total_timeout,
+                idle_timeout,
                 host_rewrite,
                 retry,
                 fallback,
