@@ -148,7 +148,15 @@ fn fastrand_like(seed: u64) -> impl FnMut() -> u64 {
 /// A real redis-server in cluster mode on a loopback port.
 fn redis_cluster_node() -> (Proc, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let addr = closed_port();
+    // Cluster mode also binds the bus port, port + 10000: both must be free and below 65536.
+    let addr = loop {
+        let a = closed_port();
+        if a.port() < 55_000
+            && std::net::TcpListener::bind(("127.0.0.1", a.port() + 10_000)).is_ok()
+        {
+            break a;
+        }
+    };
     let conf = dir.path().join("nodes.conf");
     let proc = redis_server(
         addr,

@@ -423,65 +423,59 @@ impl Drop for ObservedBody {
 
 /// The request's server span (SPEC §8.4): `<METHOD> <route>`, the HTTP semantic attributes,
 /// status Error for 5xx with `error.type`, an event naming the policy that refused it.
-fn server_span(ctx: &LogCtx, completed: bool) -> crate::spans::ProtoSpan {
-    use crate::spans::{kv_int, kv_str};
+fn server_span(ctx: &LogCtx, completed: bool) -> crate::spans::SpanRec {
+    use crate::spans::{kv_int, kv_str, Val};
     let matched = ctx.obs.upstream.is_some();
-    let name = if matched {
-        format!("{} {}", ctx.method, ctx.obs.name)
-    } else {
-        ctx.method.to_string()
-    };
     let https = ctx.conn.as_ref().is_some_and(|c| c.listener.https);
-    let mut attributes = vec![
-        kv_str("http.request.method", ctx.method.as_str()),
-        kv_str("url.path", ctx.uri.path()),
-        kv_str("url.scheme", if https { "https" } else { "http" }),
-        kv_int("http.response.status_code", i64::from(ctx.status)),
-        kv_str(
-            "network.protocol.version",
-            version_str(ctx.version).trim_start_matches("HTTP/"),
-        ),
-    ];
+    let mut attributes = Vec::with_capacity(14);
+    attributes.push(("http.request.method", Val::Method(ctx.method.clone())));
+    attributes.push(("url.path", Val::Path(ctx.uri.clone())));
+    attributes.push(kv_str("url.scheme", if https { "https" } else { "http" }));
+    attributes.push(kv_int("http.response.status_code", i64::from(ctx.status)));
+    attributes.push(kv_str(
+        "network.protocol.version",
+        match ctx.version {
+            Version::HTTP_2 => "2",
+            Version::HTTP_10 => "1.0",
+            _ => "1.1",
+        },
+    ));
     if matched {
-        attributes.push(kv_str("http.route", &*ctx.obs.name));
+        attributes.push(("http.route", Val::Shared(ctx.obs.name.clone())));
     }
     let host = ctx.detail.as_ref().and_then(|d| d.host.as_ref());
     if let Some(host) = host.and_then(|h| h.to_str().ok()) {
         let (name, port) = split_host(host);
-        attributes.push(kv_str("server.address", name));
+        attributes.push(kv_str("server.address", name.to_string()));
         let port = port.unwrap_or(if https { 443 } else { 80 });
         attributes.push(kv_int("server.port", port));
     }
     if let Some(ip) = ctx.client {
-        attributes.push(kv_str("client.address", ip.to_string()));
+        attributes.push(("client.address", Val::ip(ip)));
     }
     if let Some(code) = ctx.grpc_code {
         attributes.push(kv_int("rpc.grpc.status_code", i64::from(code)));
     }
-    if let Some(ua) = ctx.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
-        attributes.push(kv_str("user_agent.original", ua));
+    if let Some(ua) = &ctx.user_agent {
+        attributes.push(("user_agent.original", Val::Header(ua.clone())));
     }
-    attributes.push(kv_str("gateway.request_id", ctx.id.to_str().unwrap_or("-")));
+    attributes.push(("gateway.request_id", Val::Header(ctx.id.clone())));
     if !completed {
         attributes.push(kv_str("gateway.incomplete", "true"));
     }
-    let error_type = match ctx.reason {
-        Some("timeout") => Some("timeout".to_string()),
-        Some("connect_error") => Some("connect_error".into()),
-        Some("upstream_error") => Some("reset".into()),
-        Some("no_target") => Some("no_target".into()),
-        Some("overloaded") => Some("concurrency_limit".into()),
-        Some(r) if ctx.status >= 500 => Some(r.to_string()),
-        Some(r) if ctx.policy.is_some() => Some(r.to_string()),
-        _ if ctx.status >= 500 => Some(ctx.status.to_string()),
+    let error_type: Option<Val> = match ctx.reason {
+        Some("timeout") => Some(Val::Static("timeout")),
+        Some("connect_error") => Some(Val::Static("connect_error")),
+        Some("upstream_error") => Some(Val::Static("reset")),
+        Some("no_target") => Some(Val::Static("no_target")),
+        Some("overloaded") => Some(Val::Static("concurrency_limit")),
+        Some(r) if ctx.status >= 500 || ctx.policy.is_some() => Some(Val::Static(r)),
+        _ if ctx.status >= 500 => Some(Val::Owned(ctx.status.to_string())),
         _ => None,
     };
     if let Some(e) = &error_type {
-        attributes.push(kv_str("error.type", e.clone()));
+        attributes.push(("error.type", e.clone()));
     }
-    let status = (ctx.status >= 500)
-        .then(|| crate::spans::error_status(error_type.clone().unwrap_or_default()))
-        .flatten();
     let events = ctx
         .policy
         .map(|p| {
@@ -495,12 +489,19 @@ fn server_span(ctx: &LogCtx, completed: bool) -> crate::spans::ProtoSpan {
             )]
         })
         .unwrap_or_default();
-    crate::spans::ProtoSpan {
-        name,
+    crate::spans::SpanRec {
+        trace_id: [0; 16],
+        span_id: [0; 8],
+        parent_span_id: None,
+        name: Val::Method(ctx.method.clone()),
+        name_suffix: matched.then(|| ctx.obs.name.clone()),
+        kind: crate::spans::Kind::Server,
+        start_ns: 0,
+        end_ns: 0,
         attributes,
-        status,
         events,
-        ..Default::default()
+        error: if ctx.status >= 500 { error_type } else { None },
+        flags: 0,
     }
 }
 

@@ -1,13 +1,14 @@
 //! Spans and their export (SPEC §8.4, `[tracing]`): a server span per request and a client span
-//! per upstream attempt, sent as OTLP/HTTP protobuf (the `opentelemetry-proto` messages) from a
-//! background task.
+//! per upstream attempt, sent as OTLP/HTTP protobuf from a background task.
 //!
 //! Our own batching rather than the SDK's batch processor: the SDK does not say how many spans it
 //! dropped (`gateway_spans_dropped_total` must), and the request path here is one push into a
 //! bounded lock-free queue (`max_queue`; past it the span is dropped and counted). The task sends
 //! at most every second or every 512 spans, with a 5 s timeout; a failed export drops its spans
 //! (counted) and never slows a request. Only sampled requests build spans; with no
-//! `otlp_endpoint` nothing is built at all (trace context is still propagated).
+//! `otlp_endpoint` nothing is built at all (trace context is still propagated). Spans are kept
+//! compact and encoded straight to protobuf (`otlp.rs`): building the `opentelemetry-proto`
+//! message tree cost twice as much per request (docs/performance.md).
 //!
 //! An exporter belongs to the config generations whose `[tracing]` it was made for: a reload
 //! that changes `[tracing]` starts another, and the old one exports what requests still running
@@ -21,14 +22,10 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderMap, Method};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{
-    span, status, ResourceSpans, ScopeSpans, Span, Status,
-};
 use prometheus::IntCounter;
-use prost::Message;
+
+mod otlp;
+pub use otlp::{EventRec, Kind, SpanRec, Val};
 
 use crate::config::Tracing;
 use crate::metrics::Metrics;
@@ -45,38 +42,19 @@ pub fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-pub fn kv_str(key: &str, value: impl Into<String>) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
-        ..Default::default()
-    }
+/// An attribute.
+pub fn kv_str(key: &'static str, value: impl Into<Val>) -> (&'static str, Val) {
+    (key, value.into())
 }
 
-pub fn kv_int(key: &str, value: i64) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::IntValue(value)),
-        }),
-        ..Default::default()
-    }
-}
-
-/// An error status with its message.
-pub fn error_status(message: impl Into<String>) -> Option<Status> {
-    Some(Status {
-        message: message.into(),
-        code: status::StatusCode::Error as i32,
-    })
+pub fn kv_int(key: &'static str, value: i64) -> (&'static str, Val) {
+    (key, Val::Int(value))
 }
 
 /// The exporter of one `[tracing]`.
 pub struct Exporter {
     cfg: Tracing,
-    queue: ArrayQueue<Span>,
+    queue: ArrayQueue<SpanRec>,
     wake: tokio::sync::Notify,
     exported: IntCounter,
     dropped: IntCounter,
@@ -133,7 +111,7 @@ impl Exporter {
     }
 
     /// Queue a finished span; a full queue drops it (counted).
-    pub fn record(&self, span: Span) {
+    pub fn record(&self, span: SpanRec) {
         if self.queue.push(span).is_err() {
             self.dropped.inc();
         } else if self.queue.len() >= BATCH {
@@ -141,31 +119,14 @@ impl Exporter {
         }
     }
 
-    fn request(&self, spans: Vec<Span>) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(Resource {
-                    attributes: vec![kv_str("service.name", self.cfg.service_name.clone())],
-                    dropped_attributes_count: 0,
-                    ..Default::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "gateway".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
-                    spans,
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            }],
-        }
-    }
-
-    async fn send(&self, spans: Vec<Span>) {
+    async fn send(&self, spans: Vec<SpanRec>) {
         let n = spans.len() as u64;
-        let body = self.request(spans).encode_to_vec();
+        let body = otlp::encode_request(
+            &self.cfg.service_name,
+            ("gateway", env!("CARGO_PKG_VERSION")),
+            &spans,
+        );
+        drop(spans);
         match tokio::time::timeout(EXPORT_TIMEOUT, self.post(body)).await {
             Ok(Ok(status)) if (200..300).contains(&status) => self.exported.inc_by(n),
             outcome => {
@@ -240,7 +201,7 @@ async fn run(me: Arc<Exporter>) {
         let _ = tokio::time::timeout(Duration::from_secs(1), me.wake.notified()).await;
         let last = Arc::strong_count(&me) == 1;
         while !me.queue.is_empty() {
-            let batch: Vec<Span> = std::iter::from_fn(|| me.queue.pop()).take(BATCH).collect();
+            let batch: Vec<SpanRec> = std::iter::from_fn(|| me.queue.pop()).take(BATCH).collect();
             me.send(batch).await;
         }
         if last {
@@ -256,7 +217,7 @@ pub struct Recorder {
     pub exporter: Arc<Exporter>,
     pub trace: TraceContext,
     pub start_ns: u64,
-    attempts: Mutex<Vec<Span>>,
+    attempts: Mutex<Vec<SpanRec>>,
 }
 
 /// A client span begun.
@@ -297,44 +258,43 @@ impl Recorder {
         addr: std::net::SocketAddr,
         host: Option<&str>,
         status: Option<u16>,
-        error: Option<&str>,
+        error: Option<&'static str>,
     ) {
-        let mut attributes = vec![
-            kv_str("http.request.method", method.as_str()),
-            kv_str(
-                "server.address",
-                host.map_or_else(|| addr.ip().to_string(), str::to_string),
-            ),
-            kv_int("server.port", i64::from(addr.port())),
-            kv_str("network.peer.address", addr.ip().to_string()),
-            kv_str("gateway.upstream", upstream),
-            kv_str("gateway.target", target),
-        ];
+        let peer = Val::ip(addr.ip());
+        let mut attributes = Vec::with_capacity(9);
+        attributes.push(("http.request.method", Val::Method(method.clone())));
+        attributes.push((
+            "server.address",
+            host.map_or_else(|| peer.clone(), |h| Val::Owned(h.to_string())),
+        ));
+        attributes.push(kv_int("server.port", i64::from(addr.port())));
+        attributes.push(("network.peer.address", peer));
+        attributes.push(("gateway.upstream", Val::Owned(upstream.to_string())));
+        attributes.push(("gateway.target", Val::Owned(target.to_string())));
         if let Some(s) = status {
             attributes.push(kv_int("http.response.status_code", i64::from(s)));
         }
-        let error_type = error
-            .map(str::to_string)
-            .or_else(|| status.filter(|s| *s >= 500).map(|s| s.to_string()));
-        let status = match &error_type {
-            Some(e) => {
-                attributes.push(kv_str("error.type", e.clone()));
-                error_status(e.clone())
-            }
-            None => None,
+        let error_type: Option<Val> = match (error, status) {
+            (Some(e), _) => Some(Val::Static(e)),
+            (None, Some(s)) if s >= 500 => Some(Val::Owned(s.to_string())),
+            _ => None,
         };
-        let span = Span {
-            trace_id: self.trace.trace_id.to_vec(),
-            span_id: begun.span_id.to_vec(),
-            parent_span_id: self.trace.span_id.to_vec(),
-            name: method.as_str().to_string(),
-            kind: span::SpanKind::Client as i32,
-            start_time_unix_nano: begun.start_ns,
-            end_time_unix_nano: now_ns(),
+        if let Some(e) = &error_type {
+            attributes.push(("error.type", e.clone()));
+        }
+        let span = SpanRec {
+            trace_id: self.trace.trace_id,
+            span_id: begun.span_id,
+            parent_span_id: Some(self.trace.span_id),
+            name: Val::Method(method.clone()),
+            name_suffix: None,
+            kind: Kind::Client,
+            start_ns: begun.start_ns,
+            end_ns: now_ns(),
             attributes,
-            status,
+            events: Vec::new(),
+            error: error_type,
             flags: 0x100 | u32::from(self.trace.sampled),
-            ..Default::default()
         };
         if let Ok(mut a) = self.attempts.lock() {
             a.push(span);
@@ -342,13 +302,15 @@ impl Recorder {
     }
 
     /// Send the server span and the attempts' client spans.
-    pub fn finish(&self, mut server: Span) {
-        server.trace_id = self.trace.trace_id.to_vec();
-        server.span_id = self.trace.span_id.to_vec();
-        server.parent_span_id = self.trace.parent_id.map(|p| p.to_vec()).unwrap_or_default();
-        server.kind = span::SpanKind::Server as i32;
-        server.start_time_unix_nano = self.start_ns;
-        server.end_time_unix_nano = now_ns();
+    /// `server` comes with its name, attributes, events and status; the ids, kind, times and
+    /// flags are set here.
+    pub fn finish(&self, mut server: SpanRec) {
+        server.trace_id = self.trace.trace_id;
+        server.span_id = self.trace.span_id;
+        server.parent_span_id = self.trace.parent_id;
+        server.kind = Kind::Server;
+        server.start_ns = self.start_ns;
+        server.end_ns = now_ns();
         server.flags = 0x100 | u32::from(self.trace.sampled);
         self.exporter.record(server);
         if let Ok(mut a) = self.attempts.lock() {
@@ -359,14 +321,11 @@ impl Recorder {
     }
 }
 
-/// A span event at `time`.
-pub fn event(name: &str, attributes: Vec<KeyValue>) -> span::Event {
-    span::Event {
-        time_unix_nano: now_ns(),
-        name: name.to_string(),
+/// A span event now.
+pub fn event(name: &'static str, attributes: Vec<(&'static str, Val)>) -> EventRec {
+    EventRec {
+        time_ns: now_ns(),
+        name,
         attributes,
-        dropped_attributes_count: 0,
     }
 }
-
-pub use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
