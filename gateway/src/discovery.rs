@@ -104,6 +104,11 @@ impl Resolver {
         })
     }
 
+    /// `[discovery] min_refresh`: the wait after a failed or empty lookup.
+    pub fn min_refresh(&self) -> Duration {
+        self.settings.min_refresh
+    }
+
     fn ttl(&self, valid_until: std::time::Instant) -> Duration {
         valid_until
             .saturating_duration_since(std::time::Instant::now())
@@ -523,22 +528,15 @@ async fn start_discovering(resolver: &Resolver, config: &Config) {
     }
 }
 
-/// A discovered set changed: (upstream, old targets, new targets).
-#[derive(Debug)]
-pub struct Change {
-    pub old: Vec<Target>,
-    pub new: Vec<Target>,
-}
-
-/// Apply a lookup's answer to an upstream's entry under the failure rules; the set's change,
-/// if any, and when to look again.
+/// Apply a lookup's answer to an upstream's entry under the failure rules (the entry also says
+/// when to look again); whether the target set changed.
 pub fn record(
     upstream: &str,
     spec: &Discover,
     answer: Answer<Vec<Target>>,
     hosts: HostAddrs,
     min_refresh: Duration,
-) -> (Option<Change>, Duration) {
+) -> bool {
     let c = counters(upstream);
     if let Some(c) = &c {
         c.count(answer.outcome());
@@ -547,10 +545,10 @@ pub fn record(
         m.extend(hosts);
     }
     let Ok(mut map) = STATE.upstreams.lock() else {
-        return (None, min_refresh);
+        return false;
     };
     let Some(e) = map.get_mut(upstream).filter(|e| e.spec == *spec) else {
-        return (None, min_refresh);
+        return false;
     };
     let now = clock::now_ms();
     let before = e.status.outcome;
@@ -560,11 +558,9 @@ pub fn record(
         Answer::Found(targets, ttl) => {
             e.status.error = None;
             e.status.empties = 0;
-            let change = (targets != e.targets).then(|| Change {
-                old: std::mem::replace(&mut e.targets, targets.clone()),
-                new: targets,
-            });
-            (change, ttl)
+            let changed = targets != e.targets;
+            e.targets = targets;
+            (changed, ttl)
         }
         Answer::Empty(why) => {
             e.status.empties += 1;
@@ -574,11 +570,10 @@ pub fn record(
                     kept = e.targets.len(), "discovery: empty answer; keeping the last targets until {EMPTIES_TO_CLEAR} in a row");
             }
             e.status.error = Some(why);
-            let change = clear.then(|| Change {
-                old: std::mem::take(&mut e.targets),
-                new: Vec::new(),
-            });
-            (change, min_refresh)
+            if clear {
+                e.targets.clear();
+            }
+            (clear, min_refresh)
         }
         Answer::Failed(why) => {
             tracing::warn!(upstream, name = %spec.name(), reason = %why, kept = e.targets.len(),
@@ -596,14 +591,14 @@ pub fn record(
                 );
             }
             e.status.error = Some(why);
-            (None, min_refresh)
+            (false, min_refresh)
         }
     };
     e.status.next_ms = Some(now + next.as_millis() as u64);
     if let Some(g) = c.as_ref().and_then(|c| c.targets.as_ref()) {
         g.set(e.targets.len() as i64);
     }
-    (change, next)
+    change
 }
 
 /// When an upstream's task should look next (from its entry), if it discovers.

@@ -909,12 +909,15 @@ impl<'a> Source<'a> {
         (line + 1, col + 1)
     }
 
+    /// `FILE:LINE:COL` of a span.
+    fn at(&self, span: &Range<usize>) -> String {
+        let (line, col) = self.line_col(span.start);
+        format!("{}:{line}:{col}", self.path.display())
+    }
+
     fn format(&self, span: Option<Range<usize>>, message: &str) -> String {
         match span {
-            Some(s) => {
-                let (line, col) = self.line_col(s.start);
-                format!("{}:{line}:{col}: {message}", self.path.display())
-            }
+            Some(s) => format!("{}: {message}", self.at(&s)),
             None => format!("{}: {message}", self.path.display()),
         }
     }

@@ -43,9 +43,8 @@ async fn watch(shared: Weak<Shared>, upstream: String, spec: Discover) {
             return;
         };
         let (answer, hosts) = resolver.discover(&spec).await;
-        let min = resolver_min_refresh(&shared);
-        let (change, _next) = discovery::record(&upstream, &spec, answer, hosts, min);
-        if change.is_some() {
+        let min = resolver.min_refresh();
+        if discovery::record(&upstream, &spec, answer, hosts, min) {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
@@ -54,12 +53,6 @@ async fn watch(shared: Weak<Shared>, upstream: String, spec: Discover) {
             return;
         }
     }
-}
-
-fn resolver_min_refresh(shared: &Weak<Shared>) -> Duration {
-    shared.upgrade().map_or(Duration::from_secs(1), |s| {
-        s.runtime.load().config.discovery.min_refresh
-    })
 }
 
 /// Build the running config again with the discovered set now in `discovery`, and swap it in.

@@ -69,11 +69,7 @@ pub(super) fn validate(
         .map(|(host, port, span)| crate::config::HostRef {
             host: host.clone(),
             port: *port,
-            at: v
-                .src
-                .format(Some(span.clone()), "")
-                .trim_end_matches(": ")
-                .to_string(),
+            at: v.src.at(span),
         })
         .collect();
     hostnames.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
