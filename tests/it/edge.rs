@@ -9,7 +9,9 @@ use http::StatusCode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::client::{self, closed_within, get, h2_send, raw, request, send, tls_connect};
+use crate::client::{
+    self, closed_within, get, h2_send, raw, read_until_quiet, request, send, tls_connect,
+};
 use crate::harness::{backend, backend_with, closed_port, require_tool, simple_config, Gateway};
 
 fn tls_config(backend: std::net::SocketAddr, tls: &str) -> String {
@@ -964,4 +966,203 @@ timeout = "10s"
         default.contains("data: one") && !default.contains("data: two"),
         "{default}"
     );
+}
+
+/// Read one response (head and Content-Length body) from a raw stream.
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                let rest = out.split_off(end + 4 + len);
+                assert!(rest.is_empty(), "one response at a time here");
+                return String::from_utf8_lossy(&out).into_owned();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("a response within 5 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed mid-response: {}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+// An HTTP/1 connection idle for 250 ms is parked (hyper's buffers freed, the socket kept) and
+// woken by its client's next bytes: whatever arrives then, in whatever pieces, is served as if
+// the connection had never paused; the head deadline and idle_timeout still hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_park_and_wake_for_the_next_request() {
+    let b = backend("b1").await;
+    let gw = Gateway::start(&simple_config(
+        &[b.addr],
+        "\n[limits]\nheader_timeout = \"1s\"\nidle_timeout = \"3s\"\n",
+    ));
+    let addr = gw.addr("http");
+    let park = Duration::from_millis(600);
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut s).await.contains("\"path\":\"/one\""));
+    // Parked; the next head trickles in over three writes.
+    tokio::time::sleep(park).await;
+    for piece in [&b"GET /tw"[..], b"o HTTP/1.1\r\nho", b"st: t\r\n\r\n"] {
+        s.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let two = read_response(&mut s).await;
+    assert!(two.starts_with("HTTP/1.1 200"), "{two}");
+    assert!(two.contains("\"path\":\"/two\""), "{two}");
+    // Parked again; two pipelined requests in one write, then a POST with a body.
+    tokio::time::sleep(park).await;
+    s.write_all(b"GET /three HTTP/1.1\r\nhost: t\r\n\r\nGET /four HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut both = String::new();
+    while both.matches("HTTP/1.1 200").count() < 2 {
+        both.push_str(&read_until_quiet(&mut s, Duration::from_millis(500)).await);
+        assert!(
+            both.contains("/three"),
+            "pipelined requests after a park: {both}"
+        );
+    }
+    assert!(both.contains("\"path\":\"/four\""), "{both}");
+    tokio::time::sleep(park).await;
+    s.write_all(b"POST /five HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let five = read_response(&mut s).await;
+    assert!(five.contains("\"path\":\"/five\""), "{five}");
+    // A head that starts after a park and stalls is still cut at header_timeout.
+    tokio::time::sleep(park).await;
+    s.write_all(b"GET /six HTTP/1.1\r\n").await.unwrap();
+    let started = Instant::now();
+    assert!(closed_within(&mut s, Duration::from_secs(3)).await);
+    assert!(started.elapsed() >= Duration::from_millis(800));
+
+    // A parked connection is closed at idle_timeout, counted from its last request.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    read_response(&mut idle).await;
+    let started = Instant::now();
+    assert!(closed_within(&mut idle, Duration::from_secs(6)).await);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(2500), "{took:?}");
+    assert_eq!(active_connections(&gw, "http").await, 0);
+
+    // Over TLS too (the socket is watched under the TLS session).
+    let gw = Gateway::start(&tls_config(b.addr, "{ self_signed = true }"));
+    let mut tls = tls_connect(
+        gw.addr("https"),
+        "localhost",
+        &[b"http/1.1"],
+        &[&rustls::version::TLS13],
+    )
+    .await;
+    for path in ["/a", "/b", "/c"] {
+        tls.write_all(format!("GET {path} HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let res = read_response(&mut tls).await;
+        assert!(res.contains(&format!("\"path\":\"{path}\"")), "{res}");
+        tokio::time::sleep(park).await;
+    }
+}
+
+// SIGTERM closes parked keep-alive connections at once (as hyper closes idle ones) and the
+// gateway exits without waiting for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_closes_parked_connections() {
+    let b = backend("b1").await;
+    let mut gw = Gateway::start(&simple_config(&[b.addr], ""));
+    let addr = gw.addr("http");
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .unwrap();
+        read_response(&mut s).await;
+        conns.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    gw.sigterm();
+    for s in &mut conns {
+        assert!(closed_within(s, Duration::from_secs(3)).await);
+    }
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("the gateway exits after draining");
+    assert!(status.success(), "{status:?}");
+}
+
+// A WebSocket upgrade on a connection that was parked: the fresh HTTP/1 connection that
+// wakes for it hands the socket to the tunnel as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_can_still_upgrade_to_a_websocket() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let b = backend("b1").await;
+    let origin = crate::reload::ws_echo().await;
+    let gw = Gateway::start(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[upstreams.ws]
+targets = [{{ addr = "{origin}" }}]
+
+[upstreams.app]
+targets = [{{ addr = "{}" }}]
+
+[[routes]]
+name = "ws"
+match = {{ path_prefix = "/ws" }}
+upstream = "ws"
+websocket = true
+
+[[routes]]
+name = "app"
+match = {{ path_prefix = "/" }}
+upstream = "app"
+"#,
+        b.addr
+    ));
+    let addr = gw.addr("http");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (mut ws, res) = tokio_tungstenite::client_async(format!("ws://{addr}/ws/chat"), s)
+        .await
+        .expect("the WebSocket handshake on a parked connection");
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws.send(Message::text("hi")).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("an echo")
+        .expect("the tunnel is open")
+        .unwrap();
+    assert_eq!(reply.into_text().unwrap().as_str(), "echo: hi");
 }

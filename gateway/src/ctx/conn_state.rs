@@ -51,7 +51,12 @@ pub struct ConnState {
     /// (ms; `u64::MAX`: no limit).
     idle_overrides: AtomicUsize,
     idle_override_ms: AtomicU64,
+    /// Parking an idle HTTP/1 connection (`edge/conn.rs`): 0 no, `PARK_ASKED`, `PARKED`.
+    park: AtomicU8,
 }
+
+const PARK_ASKED: u8 = 1;
+const PARKED: u8 = 2;
 
 /// A request's hold on its connection's idle limit (its route's `idle_timeout`): released when
 /// dropped, with the request's state.
@@ -87,6 +92,7 @@ impl ConnState {
             tunnel_done: tokio::sync::Notify::new(),
             idle_overrides: AtomicUsize::new(0),
             idle_override_ms: AtomicU64::new(0),
+            park: AtomicU8::new(0),
         }
     }
 
@@ -275,6 +281,37 @@ impl ConnState {
 
     pub(crate) fn touch_io(&self) {
         self.last_io_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Ask the idle HTTP/1 connection to park: its next read that would wait ends hyper's
+    /// connection instead (`edge/io.rs`), so its buffers are freed while the client is quiet.
+    pub fn ask_park(&self) {
+        self.park.store(PARK_ASKED, Ordering::Release);
+    }
+
+    pub fn park_asked(&self) -> bool {
+        self.park.load(Ordering::Acquire) == PARK_ASKED
+    }
+
+    /// Bytes arrived: a park that was asked for is off.
+    pub(crate) fn cancel_park(&self) {
+        if self.park.load(Ordering::Relaxed) == PARK_ASKED {
+            self.park.store(0, Ordering::Release);
+        }
+    }
+
+    /// hyper was told the stream ended, to park the connection.
+    pub(crate) fn set_parked(&self) {
+        self.park.store(PARKED, Ordering::Release);
+    }
+
+    pub fn is_parked(&self) -> bool {
+        self.park.load(Ordering::Acquire) == PARKED
+    }
+
+    /// The parked connection is served again (or closed for real).
+    pub fn unpark(&self) {
+        self.park.store(0, Ordering::Release);
     }
 
     /// Ask for a lingering close when this connection closes.

@@ -51,8 +51,10 @@ pub async fn serve(
         let limits = rt.config.limits.clone();
         let mut peer = tcp_peer;
         if listener.info.proxy_protocol {
-            let header =
-                tokio::time::timeout(limits.header_timeout, proxy_protocol::read(&mut stream));
+            let header = tokio::time::timeout(
+                limits.header_timeout,
+                Box::pin(proxy_protocol::read(&mut stream)),
+            );
             match header.await {
                 Ok(Ok(Ok(proxy_protocol::Header::Proxied { source, .. }))) => {
                     if is_trusted(tcp_peer.ip(), &rt.config.server.trusted_proxies) {
@@ -83,8 +85,11 @@ pub async fn serve(
     let Some(acceptor) = &listener.tls else {
         // h2c: HTTP/2 with prior knowledge starts with the client preface; anything else is
         // HTTP/1.1 on the same port.
-        let h2 = listener.info.h2c && starts_with_h2_preface(&stream, limits.header_timeout).await;
-        serve_stream(
+        let h2 = listener.info.h2c
+            && Box::pin(starts_with_h2_preface(&stream, limits.header_timeout)).await;
+        // Each stage's future is boxed and freed when done: the task keeps only this one's
+        // small state, which is what an idle connection costs (with its socket).
+        Box::pin(serve_stream(
             stream,
             h2,
             (peer, tcp_peer, None),
@@ -92,10 +97,28 @@ pub async fn serve(
             state,
             &limits,
             shared,
-        )
+        ))
         .await;
         return;
     };
+    Box::pin(serve_tls(
+        stream, acceptor, peer, tcp_peer, &listener, state, &limits, shared,
+    ))
+    .await;
+}
+
+/// An HTTPS connection: the handshake, then `serve_stream`.
+#[allow(clippy::too_many_arguments)]
+async fn serve_tls(
+    stream: TcpStream,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    peer: SocketAddr,
+    tcp_peer: SocketAddr,
+    listener: &ListenerRt,
+    state: Arc<ConnState>,
+    limits: &Limits,
+    shared: Arc<Shared>,
+) {
     let metrics = &listener.metrics;
     let tls = match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
@@ -137,9 +160,9 @@ pub async fn serve(
         tls,
         h2,
         (peer, tcp_peer, client_cert),
-        &listener,
+        listener,
         state,
-        &limits,
+        limits,
         shared,
     )
     .await;
@@ -154,7 +177,7 @@ async fn serve_stream<T>(
     limits: &Limits,
     shared: Arc<Shared>,
 ) where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + super::io::ReadReady + Unpin + Send + 'static,
 {
     let metrics = &listener.metrics;
     let io = EdgeIo::new(
@@ -186,16 +209,17 @@ async fn serve_stream<T>(
             .max_concurrent_streams(limits.h2_max_concurrent_streams)
             .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
             .max_send_buf_size(1 << 20);
-        let conn = builder.serve_connection(TokioIo::new(io), svc);
-        drive(
-            conn,
+        // Boxed, like HTTP/1's: the connection task's own size is what an idle one keeps.
+        let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), svc));
+        Box::pin(drive(
+            conn.as_mut(),
             |c| c.graceful_shutdown(),
-            state,
+            &state,
             limits,
-            true,
-            shared,
+            None,
+            &shared,
             (&metrics.h2_closed, &metrics.h2_reset_send_timeout),
-        )
+        ))
         .await;
     } else {
         metrics.h1.inc();
@@ -209,21 +233,74 @@ async fn serve_stream<T>(
             .max_header_size(limits.max_header_bytes)
             .max_buf_size(limits.max_header_bytes.max(8192) + 8192)
             .keep_alive(true);
-        // Upgrades (WebSocket) hand the connection to a tunnel once the 101 is written.
-        let conn = builder
-            .serve_connection(TokioIo::new(io), svc)
-            .with_upgrades();
-        drive(
-            conn,
-            |c| c.graceful_shutdown(),
-            state,
-            limits,
-            false,
-            shared,
-            (&metrics.h2_closed, &metrics.h2_reset_send_timeout),
-        )
-        .await;
+        let (mut io, mut svc) = (io, svc);
+        loop {
+            // Upgrades (WebSocket) hand the connection to a tunnel once the 101 is written.
+            let mut conn = Box::pin(
+                builder
+                    .serve_connection(TokioIo::new(io), svc)
+                    .with_upgrades(),
+            );
+            let driven = Box::pin(drive(
+                conn.as_mut(),
+                |c| c.graceful_shutdown(),
+                &state,
+                limits,
+                Some(PARK_AFTER),
+                &shared,
+                (&metrics.h2_closed, &metrics.h2_reset_send_timeout),
+            ))
+            .await;
+            if driven == Driven::Ended {
+                return;
+            }
+            // Parked: hyper's connection (its read and write buffers, the boxed request
+            // future) is freed; the socket waits here with no buffer.
+            let Some(parts) = Pin::into_inner(conn).into_parts() else {
+                return;
+            };
+            (io, svc) = (parts.io.into_inner(), parts.service);
+            io.set_prefix(parts.read_buf);
+            if !wait_parked(&mut io, &state, limits, &shared).await {
+                return;
+            }
+        }
     }
+}
+
+/// An HTTP/1 connection with nothing in flight for this long is parked: hyper's connection and
+/// its buffers are dropped and the socket waits with none (an idle keep-alive connection costs
+/// its task and socket, about 2 KiB, instead of ~20 KiB), then a fresh one serves what comes.
+/// Busy connections never park; this costs a parked connection one hyper setup when it wakes.
+const PARK_AFTER: Duration = Duration::from_millis(250);
+
+/// A parked connection waits for its client: `true` to serve what it sends, `false` when
+/// it was closed instead (idle for `idle_timeout`, or the gateway drains).
+async fn wait_parked<T>(
+    io: &mut EdgeIo<T>,
+    state: &ConnState,
+    limits: &Limits,
+    shared: &Shared,
+) -> bool
+where
+    T: AsyncRead + AsyncWrite + Unpin + super::io::ReadReady,
+{
+    let mut drain = shared.drain_signal();
+    let resume = if *drain.borrow() {
+        false
+    } else {
+        let idle = tokio::time::sleep_until(state.idle_deadline(limits.idle_timeout));
+        tokio::select! {
+            ready = io.readable() => ready.is_ok(),
+            () = idle => false,
+            _ = drain.changed() => false,
+        }
+    };
+    state.unpark();
+    if !resume {
+        let _ = tokio::time::timeout(CLOSE_GRACE, tokio::io::AsyncWriteExt::shutdown(io)).await;
+    }
+    resume
 }
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
@@ -258,8 +335,18 @@ enum Check {
     Abort,
     /// Responses waited on the client for `send_timeout`: drop the connection.
     SendTimeout,
+    /// Park the idle HTTP/1 connection (`PARK_AFTER`).
+    Park,
     /// Look again then.
     At(Instant),
+}
+
+/// How `drive` ended.
+#[derive(PartialEq, Eq)]
+enum Driven {
+    Ended,
+    /// hyper's connection finished to park (HTTP/1, idle): the stream is still open.
+    Parked,
 }
 
 /// The timers of one connection:
@@ -271,7 +358,7 @@ enum Check {
 fn check(
     state: &ConnState,
     limits: &Limits,
-    h2: bool,
+    (h2, park_after): (bool, Option<Duration>),
     closing_since: Option<Instant>,
     now: Instant,
 ) -> Check {
@@ -304,23 +391,33 @@ fn check(
         next = next.min(state.started() + limits.header_timeout);
     }
     if now >= next {
-        Check::Close
-    } else {
-        Check::At(next)
+        return Check::Close;
     }
+    if let Some(after) = park_after {
+        if state.requests() > 0 && !state.park_asked() {
+            let park = state.idle_deadline(after);
+            if now >= park {
+                return Check::Park;
+            }
+            next = next.min(park);
+        }
+    }
+    Check::At(next)
 }
 
 /// Run a connection to its end under its timers, draining it when the gateway shuts down.
 /// `graceful` starts a graceful close (HTTP/2 GOAWAY, or keep-alive off for HTTP/1).
+/// `park_after`: HTTP/1, parked after that long idle (`None`: HTTP/2, never parked).
 async fn drive<C, E>(
-    conn: C,
+    mut conn: Pin<&mut C>,
     graceful: fn(Pin<&mut C>),
-    state: Arc<ConnState>,
+    state: &ConnState,
     limits: &Limits,
-    h2: bool,
-    shared: Arc<Shared>,
+    park_after: Option<Duration>,
+    shared: &Shared,
     (h2_closed, send_timeouts): (&[prometheus::IntCounter; 6], &prometheus::IntCounter),
-) where
+) -> Driven
+where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
@@ -350,7 +447,7 @@ async fn drive<C, E>(
             );
         }
     };
-    let mut conn = std::pin::pin!(conn);
+    let h2 = park_after.is_none();
     let mut drain = shared.drain_signal();
     let mut closing_since = None;
     let mut draining = *drain.borrow();
@@ -364,18 +461,20 @@ async fn drive<C, E>(
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(error = %e, "client connection ended with an error");
+                } else if state.is_parked() {
+                    return Driven::Parked;
                 }
-                counted(&state);
+                counted(state);
                 if state.is_upgraded() {
                     // A WebSocket tunnel lives on in its own task: the connection stays
                     // counted (max_connections, the drain) until it closes.
                     state.tunnel_closed().await;
                 }
-                return;
+                return Driven::Ended;
             }
             () = state.abused() => {
-                counted(&state);
-                return;
+                counted(state);
+                return Driven::Ended;
             }
             changed = drain.changed(), if !draining => {
                 if changed.is_err() || *drain.borrow() {
@@ -404,7 +503,7 @@ async fn drive<C, E>(
                     }
                     continue;
                 }
-                match check(&state, limits, h2, closing_since, now) {
+                match check(state, limits, (h2, park_after), closing_since, now) {
                     Check::Close => {
                         graceful(conn.as_mut());
                         closing_since = Some(now);
@@ -412,7 +511,13 @@ async fn drive<C, E>(
                     }
                     Check::Abort => {
                         tracing::debug!(closing = closing_since.is_some(), "dropping a stalled or unfinished client connection");
-                        return;
+                        return Driven::Ended;
+                    }
+                    Check::Park => {
+                        // The connection is polled again right after this: its read that
+                        // would wait ends hyper's connection instead.
+                        state.ask_park();
+                        timer.as_mut().reset(state.idle_deadline(limits.idle_timeout));
                     }
                     Check::SendTimeout => {
                         let streams = state.waiting_on_client();
@@ -421,11 +526,11 @@ async fn drive<C, E>(
                             // each stream that waited counts as reset for send_timeout.
                             send_timeouts.inc_by(u64::from(streams));
                             state.mark_abusive(crate::metrics::H2Abuse::Stalled);
-                            counted(&state);
+                            counted(state);
                         } else {
                             tracing::info!("closing a connection whose client took no response bytes for send_timeout");
                         }
-                        return;
+                        return Driven::Ended;
                     }
                     Check::At(at) => timer.as_mut().reset(at),
                 }
@@ -612,10 +717,16 @@ mod tests {
         let s = ConnState::new();
         let t0 = Instant::now();
         assert!(
-            matches!(check(&s, &limits(), false, None, t0), Check::At(at) if at == t0 + Duration::from_secs(75))
+            matches!(check(&s, &limits(), (false, None), None, t0), Check::At(at) if at == t0 + Duration::from_secs(75))
         );
         assert!(matches!(
-            check(&s, &limits(), false, None, t0 + Duration::from_secs(75)),
+            check(
+                &s,
+                &limits(),
+                (false, None),
+                None,
+                t0 + Duration::from_secs(75)
+            ),
             Check::Close
         ));
     }
@@ -625,14 +736,26 @@ mod tests {
         let s = ConnState::new();
         let t0 = Instant::now();
         assert!(matches!(
-            check(&s, &limits(), true, None, t0 + Duration::from_secs(10)),
+            check(
+                &s,
+                &limits(),
+                (true, None),
+                None,
+                t0 + Duration::from_secs(10)
+            ),
             Check::Close
         ));
         s.request_started();
         s.half_done();
         s.half_done();
         assert!(matches!(
-            check(&s, &limits(), true, None, t0 + Duration::from_secs(10)),
+            check(
+                &s,
+                &limits(),
+                (true, None),
+                None,
+                t0 + Duration::from_secs(10)
+            ),
             Check::At(_)
         ));
     }
@@ -643,11 +766,23 @@ mod tests {
         let t0 = Instant::now();
         s.request_started();
         assert!(matches!(
-            check(&s, &limits(), false, None, t0 + Duration::from_secs(74)),
+            check(
+                &s,
+                &limits(),
+                (false, None),
+                None,
+                t0 + Duration::from_secs(74)
+            ),
             Check::At(_)
         ));
         assert!(matches!(
-            check(&s, &limits(), false, None, t0 + Duration::from_secs(75)),
+            check(
+                &s,
+                &limits(),
+                (false, None),
+                None,
+                t0 + Duration::from_secs(75)
+            ),
             Check::Abort
         ));
     }
@@ -657,11 +792,17 @@ mod tests {
         let s = ConnState::new();
         let t0 = Instant::now();
         assert!(matches!(
-            check(&s, &limits(), true, Some(t0), t0 + Duration::from_secs(1)),
+            check(
+                &s,
+                &limits(),
+                (true, None),
+                Some(t0),
+                t0 + Duration::from_secs(1)
+            ),
             Check::At(_)
         ));
         assert!(matches!(
-            check(&s, &limits(), true, Some(t0), t0 + CLOSE_GRACE),
+            check(&s, &limits(), (true, None), Some(t0), t0 + CLOSE_GRACE),
             Check::Abort
         ));
     }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use prometheus::IntCounter;
 
 use super::h2_frames::H2Watch;
@@ -47,6 +48,28 @@ pub struct EdgeIo<T> {
     linger: Option<Linger>,
     /// HTTP/2 connections: frame counts for the WINDOW_UPDATE rule (`h2_frames.rs`).
     h2: Option<Box<H2Watch>>,
+    /// Bytes hyper had read but not parsed when its connection was parked: read first.
+    prefix: Option<Bytes>,
+}
+
+/// Streams that can say when they have bytes to read without reading them: a parked
+/// connection waits on this with no buffer.
+pub trait ReadReady {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+/// A parked TLS connection has no plaintext buffered (it parks only when a read would wait),
+/// so the socket's readiness is the stream's.
+impl ReadReady for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_ref().0.poll_read_ready(cx)
+    }
 }
 
 /// The request-head deadline of an HTTP/1 connection, and the raw copy of the head being
@@ -102,7 +125,35 @@ impl<T> EdgeIo<T> {
             head,
             linger: None,
             h2: None,
+            prefix: None,
         }
+    }
+
+    /// Give back what hyper had read and not parsed when its connection was parked.
+    pub fn set_prefix(&mut self, bytes: Bytes) {
+        self.prefix = (!bytes.is_empty()).then_some(bytes);
+    }
+
+    /// Wait, with no buffer, until the client sends something (or the stream fails).
+    pub async fn readable(&self) -> io::Result<()>
+    where
+        T: ReadReady,
+    {
+        if self.prefix.is_some() {
+            return Ok(());
+        }
+        std::future::poll_fn(|cx| self.inner.poll_read_ready(cx)).await
+    }
+
+    /// An HTTP/1 connection may park when nothing is in flight and no head has begun.
+    fn parkable(&self) -> bool {
+        let Some(h) = &self.head else {
+            return false;
+        };
+        self.prefix.is_none()
+            && !self.state.is_busy()
+            && !self.state.is_upgraded()
+            && h.reading != Some(self.state.requests())
     }
 
     /// Watch HTTP/2 frames: `per_data` is `h2_max_window_updates_per_data` (0 = rule off).
@@ -228,6 +279,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for EdgeIo<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(prefix) = self.prefix.as_mut() {
+            let n = prefix.len().min(buf.remaining());
+            buf.put_slice(&prefix.split_to(n));
+            if prefix.is_empty() {
+                self.prefix = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -236,6 +295,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for EdgeIo<T> {
                     let this = &mut *self;
                     this.pending_in += n;
                     this.state.touch_io();
+                    this.state.cancel_park();
                     let filled = buf.filled();
                     let fresh = &filled[filled.len() - n as usize..];
                     if let Some(h) = this.head.as_mut() {
@@ -275,6 +335,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for EdgeIo<T> {
                             "request head not received within header_timeout",
                         )));
                     }
+                }
+                if this.state.park_asked() && this.parkable() {
+                    // Parked: hyper sees the end of the stream on an idle connection and
+                    // finishes cleanly; the stream itself stays open (`poll_shutdown`).
+                    this.state.set_parked();
+                    return Poll::Ready(Ok(()));
                 }
                 Poll::Pending
             }
@@ -337,6 +403,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for EdgeIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.flush_out();
+        if self.state.is_parked() {
+            return Poll::Ready(Ok(()));
+        }
         if !self.state.wants_linger() {
             return Pin::new(&mut self.inner).poll_shutdown(cx);
         }
@@ -460,5 +529,70 @@ mod tests {
         let started = Instant::now();
         assert!(io.read(&mut buf).await.is_err());
         assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parked_read_ends_hyper_but_not_the_stream() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let state = Arc::new(ConnState::new());
+        let (mut io, _) = io_for(server, state.clone());
+        let mut buf = [0u8; 64];
+        // Asked before any request: the first head is owed, so no park.
+        state.ask_park();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), io.read(&mut buf))
+                .await
+                .is_err(),
+            "nothing to read must just wait"
+        );
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 18);
+        assert!(!state.park_asked(), "bytes cancel a park");
+        // Mid-request: no park.
+        state.request_started();
+        state.ask_park();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), io.read(&mut buf))
+                .await
+                .is_err(),
+            "a request in flight must not park"
+        );
+        state.half_done();
+        state.half_done();
+        // Idle: the read that would wait ends (0 bytes) and the connection is parked.
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert!(state.is_parked());
+        // hyper's shutdown does not reach the stream.
+        io.shutdown().await.unwrap();
+        client.write_all(b"G").await.unwrap();
+        state.unpark();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 1);
+        // Half a head: no park until it is complete and answered.
+        state.ask_park();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), io.read(&mut buf))
+                .await
+                .is_err(),
+            "a head in progress must not park"
+        );
+        assert!(!state.is_parked());
+    }
+
+    #[tokio::test]
+    async fn bytes_hyper_had_not_parsed_are_read_first_after_a_park() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (mut io, bytes_in) = io_for(server, Arc::new(ConnState::new()));
+        io.set_prefix(Bytes::from_static(b"GET /a"));
+        client.write_all(b" HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 4);
+        assert_eq!(&buf, b"GET ");
+        let mut rest = [0u8; 64];
+        assert_eq!(io.read(&mut rest).await.unwrap(), 2);
+        assert_eq!(&rest[..2], b"/a");
+        assert_eq!(io.read(&mut rest).await.unwrap(), 13);
+        drop(io);
+        // The prefix was counted when it was first read.
+        assert_eq!(bytes_in.get(), 13);
     }
 }
