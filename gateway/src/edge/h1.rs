@@ -79,15 +79,29 @@ pub const SCAN_REASONS: [&str; 4] = [
 /// hyper would normalise away. Returns an index into `SCAN_REASONS`.
 pub fn scan_head(head: &[u8]) -> Option<u8> {
     let (mut cl, mut te, mut host) = (0u32, 0u32, 0u32);
-    for line in head.split(|&b| b == b'\n').skip(1) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // Line by line with memchr (the request line skipped); only names of the three lengths
+    // that matter are compared.
+    let mut ends = memchr::memchr_iter(b'\n', head);
+    let mut start = match ends.next() {
+        Some(i) => i + 1,
+        None => return None,
+    };
+    for end in ends.chain(std::iter::once(head.len())) {
+        let Some(raw) = head.get(start..end) else {
+            break;
+        };
+        start = end + 1;
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         if line.is_empty() {
             break;
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
         let name = &line[..colon];
+        if !matches!(name.len(), 4 | 14 | 17) {
+            continue;
+        }
         if name.eq_ignore_ascii_case(b"content-length") {
             cl += 1;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {

@@ -29,6 +29,21 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// One of `HOP_BY_HOP` (a match on the lowercase name: a length switch and one compare).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+    )
+}
+
 /// Headers a `Connection` header may not remove: the gateway's own and those that frame
 /// the message (removing them would change what the upstream or the client reads).
 fn is_protected(name: &HeaderName) -> bool {
@@ -42,7 +57,7 @@ fn is_protected(name: &HeaderName) -> bool {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of them: one pass over the names (standard names compare as
     // small integers) instead of a hash lookup per hop-by-hop name.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
@@ -181,6 +196,17 @@ fn join_cookies(headers: &mut HeaderMap) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_hop_by_hop_match_is_the_list() {
+        for name in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        for other in ["host", "content-length", "x-connection", "t", "upgrades"] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(other)), "{other}");
+        }
+    }
+
     use super::*;
     use http::Request;
 

@@ -246,11 +246,14 @@ async fn proxy_request(
         body.keep_for_replay();
     }
     let replay = body.replay();
-    let template = retry.map(|_| Template {
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        version: parts.version,
-        headers: parts.headers.clone(),
+    // Boxed: only retried routes have one, and it would otherwise widen every request's future.
+    let template = retry.map(|_| {
+        Box::new(Template {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        })
     });
     // `None` while an attempt holds it; given back by attempts that sent nothing.
     let mut req = Some(Request::from_parts(parts, body));
@@ -614,7 +617,7 @@ async fn send(
         // it is sent again on another connection, when its body can be sent again.
         let again = if sender.is_h2() && refusals < MAX_REFUSALS {
             let replay = req.body().replay();
-            (!matches!(replay, Replay::No)).then(|| (Template::of(&req), replay))
+            (!matches!(replay, Replay::No)).then(|| Box::new((Template::of(&req), replay)))
         } else {
             None
         };
@@ -708,7 +711,8 @@ async fn send(
                     return Attempt::NotSent(req, Some(io::Error::other(e.into_error())));
                 }
                 let err = e.into_error();
-                if let (true, Some((template, replay))) = (is_refused(&err), again) {
+                if let (true, Some(again)) = (is_refused(&err), again) {
+                    let (template, replay) = *again;
                     if let Some(body) = replay.body() {
                         refusals += 1;
                         req = template.request(body);
