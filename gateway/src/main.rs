@@ -65,11 +65,6 @@ struct TokenArgs {
     claims: Vec<String>,
 }
 
-/// mimalloc: fewer instructions per allocation than the system allocator, and memory freed by
-/// parked connections goes back to the system instead of staying in the heap's free lists.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
