@@ -13,8 +13,12 @@
 
 use std::sync::Arc;
 
-use tower::util::BoxCloneSyncService;
-use tower::ServiceBuilder;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tower::{Service, ServiceBuilder};
 
 use crate::balance::key::KeySpec;
 use crate::policy::api_key::ApiKeyLayer;
@@ -28,12 +32,66 @@ use crate::policy::request_id::{RequestId, RequestIdLayer, Snowflake};
 use crate::route::rewrite::RewriteLayer;
 use crate::route::{Fallback, Router};
 
-/// A route's whole stack, type-erased so every route fits one table.
-pub type RouteService = BoxCloneSyncService<
-    http::Request<crate::body::ReqBody>,
-    http::Response<crate::policy::observe::ObservedBody>,
-    std::convert::Infallible,
->;
+/// A route's whole stack, type-erased so every route fits one table. Every layer is always
+/// ready (none queues), so a request is a direct call: the concrete stack is cloned where it
+/// is called (reference counts, no allocation) and its future boxed once; cloning the table's
+/// entry is one reference count. (tower's `BoxCloneSyncService` allocated a clone of the stack
+/// per request, and `Oneshot` moved the request through one more state.)
+#[derive(Clone)]
+pub struct RouteService(Arc<dyn RouteCall>);
+
+/// A route's response future.
+pub type RouteFuture = Pin<Box<dyn Future<Output = Result<RouteResponse, Infallible>> + Send>>;
+type RouteRequest = http::Request<crate::body::ReqBody>;
+type RouteResponse = http::Response<crate::policy::observe::ObservedBody>;
+
+trait RouteCall: Send + Sync {
+    fn call(&self, req: RouteRequest) -> RouteFuture;
+}
+
+struct Erased<S>(S);
+
+impl<S> RouteCall for Erased<S>
+where
+    S: Service<RouteRequest, Response = RouteResponse, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    fn call(&self, req: RouteRequest) -> RouteFuture {
+        Box::pin(self.0.clone().call(req))
+    }
+}
+
+impl RouteService {
+    fn new<S>(svc: S) -> Self
+    where
+        S: Service<RouteRequest, Response = RouteResponse, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        Self(Arc::new(Erased(svc)))
+    }
+}
+
+impl Service<RouteRequest> for RouteService {
+    type Response = RouteResponse;
+    type Error = Infallible;
+    type Future = RouteFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: RouteRequest) -> RouteFuture {
+        self.0.call(req)
+    }
+}
 
 /// The router of one config generation.
 pub type EdgeRouter = Router<RouteService>;
@@ -93,7 +151,7 @@ pub fn route_stack(
             case_insensitive,
         ))
         .service(Forward::new(forward));
-    BoxCloneSyncService::new(svc)
+    RouteService::new(svc)
 }
 
 /// Requests no route takes.
@@ -101,5 +159,5 @@ pub fn fallback_stack(obs: Arc<RouteObs>) -> RouteService {
     let svc = ServiceBuilder::new()
         .layer(ObserveLayer::new(obs))
         .service(Fallback);
-    BoxCloneSyncService::new(svc)
+    RouteService::new(svc)
 }

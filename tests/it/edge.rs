@@ -1166,3 +1166,36 @@ upstream = "app"
         .unwrap();
     assert_eq!(reply.into_text().unwrap().as_str(), "echo: hi");
 }
+
+// A head pipelined behind a request and then trickled in is cut too: once the request before
+// it is answered, its next bytes start the head deadline (hyper's own header timer is off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_pipelined_head_is_cut_at_header_timeout() {
+    let b = backend("b1").await;
+    let gw = Gateway::start(&simple_config(
+        &[b.addr],
+        "\n[limits]\nheader_timeout = \"1s\"\nidle_timeout = \"30s\"\n",
+    ));
+    let mut s = TcpStream::connect(gw.addr("http")).await.unwrap();
+    s.write_all(b"GET /a HTTP/1.1\r\nhost: t\r\n\r\nGET /b HTTP/1.1\r\nho")
+        .await
+        .unwrap();
+    let first = read_response(&mut s).await;
+    assert!(first.contains("\"path\":\"/a\""), "{first}");
+    let started = Instant::now();
+    let mut closed = false;
+    for byte in std::iter::repeat_n(b'x', 100) {
+        if s.write_all(&[byte]).await.is_err()
+            || closed_within(&mut s, Duration::from_millis(200)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a trickled pipelined head must be cut");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+}

@@ -17,8 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tower::util::Oneshot;
-use tower::ServiceExt;
+use tower::Service;
 
 use super::io::{ConnState, EdgeIo};
 use super::proxy_protocol;
@@ -226,9 +225,10 @@ async fn serve_stream<T>(
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            // Our own head timer (io.rs) does the real work; hyper's (which starts when it
-            // begins waiting, idle time included) is only a backstop for pipelined heads.
-            .header_read_timeout(limits.idle_timeout + limits.header_timeout)
+            // Our own head timer (io.rs) does this; hyper's would start when it begins waiting
+            // (idle time included) and cost a timer per request. A head pipelined behind a
+            // request in flight is bounded by the idle timer once that request is done.
+            .header_read_timeout(None)
             .max_headers(limits.max_headers)
             .max_header_size(limits.max_header_bytes)
             .max_buf_size(limits.max_header_bytes.max(8192) + 8192)
@@ -558,7 +558,7 @@ impl hyper::service::Service<Request<Incoming>> for EdgeAdapter {
         let rt = self.shared.runtime.load();
         let limit = rt.config.limits.max_body_bytes;
         let body_timeout = rt.config.limits.body_timeout;
-        let edge = rt.edge.clone();
+        let mut edge = rt.edge.clone();
         drop(rt);
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(self.info.clone());
@@ -579,7 +579,9 @@ impl hyper::service::Service<Request<Incoming>> for EdgeAdapter {
         }
         let body = ReqBody::new(body, limit, Some(self.state.clone()), body_timeout);
         EdgeFuture {
-            inner: edge.oneshot(Request::from_parts(parts, body)),
+            // Every layer is always ready (none queues): called directly, with no `Oneshot`
+            // state to move the request through.
+            inner: edge.call(Request::from_parts(parts, body)),
             state: Some(self.state.clone()),
             h2: self.info.h2,
             close,
@@ -590,7 +592,7 @@ impl hyper::service::Service<Request<Incoming>> for EdgeAdapter {
 pin_project_lite::pin_project! {
     struct EdgeFuture {
         #[pin]
-        inner: Oneshot<EdgeService, Request<ReqBody>>,
+        inner: <EdgeService as Service<Request<ReqBody>>>::Future,
         state: Option<Arc<ConnState>>,
         h2: bool,
         // The head was refused as ambiguous: its body cannot be trusted, close after answering.

@@ -15,8 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
-use tower::util::Oneshot;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use crate::body::{ReqBody, ResBody};
 use crate::config::EncodedSlashes;
@@ -95,7 +94,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Oneshot<S, Request<ReqBody>>;
+    type Future = S::Future;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         Poll::Ready(Ok(()))
@@ -155,7 +154,8 @@ where
             Some(i) => &self.inner.routes[i],
             None => &self.inner.fallback,
         };
-        svc.clone().oneshot(Request::from_parts(parts, body))
+        // Route stacks are always ready (`stack::RouteService`): called directly.
+        svc.clone().call(Request::from_parts(parts, body))
     }
 }
 
