@@ -227,7 +227,7 @@ async fn serve_stream<T>(
             .timer(TokioTimer::new())
             // Our own head timer (io.rs) does this; hyper's would start when it begins waiting
             // (idle time included) and cost a timer per request. A head pipelined behind a
-            // request in flight is bounded by the idle timer once that request is done.
+            // request in flight is timed by ours from its first byte after that request is done.
             .header_read_timeout(None)
             .max_headers(limits.max_headers)
             .max_header_size(limits.max_header_bytes)
