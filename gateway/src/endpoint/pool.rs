@@ -71,6 +71,9 @@ impl Drop for H2Stream {
 struct H2Conn {
     sender: http2::SendRequest<ReqBody>,
     streams: AtomicU32,
+    /// A stream on it was cut by the server's GOAWAY: no new streams, even before hyper
+    /// reports the connection not ready.
+    refused: std::sync::atomic::AtomicBool,
 }
 
 /// What sending returns: the response, or the request back when it was not sent.
@@ -82,6 +85,13 @@ impl Sender {
         match self {
             Self::H1(s) => s.is_ready(),
             Self::H2(s) => s.sender.is_ready(),
+        }
+    }
+
+    /// The server's GOAWAY cut a stream on this HTTP/2 connection: new streams go elsewhere.
+    pub fn refused(&self) {
+        if let Self::H2(s) = self {
+            s.conn.refused.store(true, Ordering::Release);
         }
     }
 
@@ -221,7 +231,7 @@ impl Pool {
         let conns = self.h2.load();
         for c in conns.iter() {
             // Closed, or going away (the server sent GOAWAY): new streams go elsewhere.
-            if c.sender.is_closed() || !c.sender.is_ready() {
+            if c.sender.is_closed() || !c.sender.is_ready() || c.refused.load(Ordering::Acquire) {
                 continue;
             }
             if c.streams.fetch_add(1, Ordering::AcqRel) < self.dialer.max_streams {
@@ -379,6 +389,7 @@ impl Pool {
             let conn = Arc::new(H2Conn {
                 sender: sender.clone(),
                 streams: AtomicU32::new(1),
+                refused: std::sync::atomic::AtomicBool::new(false),
             });
             self.h2.rcu(|list| {
                 let mut next: Vec<Arc<H2Conn>> = list

@@ -389,18 +389,21 @@ async fn proxy_request(
 /// Streams the server refused on HTTP/2 are sent again at most this often per attempt.
 const MAX_REFUSALS: u32 = 2;
 
-/// An HTTP/2 stream the server never processed: refused (REFUSED_STREAM), or cut by a
-/// GOAWAY whose last stream id is below it.
-fn is_refused(err: &hyper::Error) -> bool {
+/// Whether an HTTP/2 stream was never processed, and why: `Some(true)` cut by a GOAWAY whose
+/// last stream id is below it (the connection takes no more streams), `Some(false)` refused
+/// alone (REFUSED_STREAM), `None` neither.
+fn refusal(err: &hyper::Error) -> Option<bool> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(h) = e.downcast_ref::<h2::Error>() {
-            return h.reason() == Some(h2::Reason::REFUSED_STREAM)
-                || (h.is_go_away() && h.reason() == Some(h2::Reason::NO_ERROR));
+            if h.is_go_away() && h.reason() == Some(h2::Reason::NO_ERROR) {
+                return Some(true);
+            }
+            return (h.reason() == Some(h2::Reason::REFUSED_STREAM)).then_some(false);
         }
         cur = e.source();
     }
-    false
+    None
 }
 
 /// What a failed client body means for the client's answer.
@@ -711,7 +714,12 @@ async fn send(
                     return Attempt::NotSent(req, Some(io::Error::other(e.into_error())));
                 }
                 let err = e.into_error();
-                if let (true, Some(again)) = (is_refused(&err), again) {
+                let refused = refusal(&err);
+                if refused == Some(true) {
+                    // Going away: the retry must not land on it before hyper marks it so.
+                    sender.refused();
+                }
+                if let (true, Some(again)) = (refused.is_some(), again) {
                     let (template, replay) = *again;
                     if let Some(body) = replay.body() {
                         refusals += 1;
