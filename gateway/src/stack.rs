@@ -68,12 +68,7 @@ where
 impl RouteService {
     fn new<S>(svc: S) -> Self
     where
-        S: Service<RouteRequest, Response = RouteResponse, Error = Infallible>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
+        Erased<S>: RouteCall + 'static,
     {
         Self(Arc::new(Erased(svc)))
     }

@@ -330,18 +330,10 @@ async fn slowloris_heads_are_cut_but_idle_keep_alive_is_not() {
     let mut slow = TcpStream::connect(addr).await.unwrap();
     let started = Instant::now();
     let head = b"GET / HTTP/1.1\r\nhost: t\r\nx-slow: ";
-    let mut closed = false;
-    for byte in head.iter().chain(std::iter::repeat(&b'a')).take(40) {
-        if slow.write_all(&[*byte]).await.is_err() {
-            closed = true;
-            break;
-        }
-        if closed_within(&mut slow, Duration::from_millis(100)).await {
-            closed = true;
-            break;
-        }
-    }
-    assert!(closed, "a trickled head must be cut");
+    assert!(
+        trickled_until_closed(&mut slow, head).await,
+        "a trickled head must be cut"
+    );
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(3),
@@ -1183,19 +1175,26 @@ async fn a_trickled_pipelined_head_is_cut_at_header_timeout() {
     let first = read_response(&mut s).await;
     assert!(first.contains("\"path\":\"/a\""), "{first}");
     let started = Instant::now();
-    let mut closed = false;
-    for byte in std::iter::repeat_n(b'x', 100) {
-        if s.write_all(&[byte]).await.is_err()
-            || closed_within(&mut s, Duration::from_millis(200)).await
-        {
-            closed = true;
-            break;
-        }
-    }
-    assert!(closed, "a trickled pipelined head must be cut");
+    assert!(
+        trickled_until_closed(&mut s, b"").await,
+        "a trickled pipelined head must be cut"
+    );
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(700) && took < Duration::from_secs(4),
         "{took:?}"
     );
+}
+
+/// Write `head`, then `a`s, one byte at a time with pauses, until the server closes (`true`)
+/// or 40 bytes past the head went unanswered (`false`).
+async fn trickled_until_closed(s: &mut TcpStream, head: &[u8]) -> bool {
+    for byte in head.iter().chain(std::iter::repeat_n(&b'a', 40)) {
+        if s.write_all(&[*byte]).await.is_err()
+            || closed_within(s, Duration::from_millis(100)).await
+        {
+            return true;
+        }
+    }
+    false
 }
