@@ -414,8 +414,18 @@ fn parse_wrk(out: &str) -> (f64, f64, f64, f64) {
     (rps, p50, p99, total)
 }
 
+/// Reset the processes' peak RSS (`VmHWM`) to their current RSS, so the peak read after a
+/// scenario is that scenario's own, not the largest of every scenario before it on the same
+/// process. Linux's `clear_refs` value 5; without the permission the peak stays cumulative.
+fn reset_peak(pids: &[u32]) {
+    for p in pids {
+        let _ = std::fs::write(format!("/proc/{p}/clear_refs"), "5");
+    }
+}
+
 fn measure<F: FnOnce() -> (f64, f64, f64, f64)>(p: &Running, run: F) -> Sample {
     let pids = pids_of(p.pid);
+    reset_peak(&pids);
     let before = cpu_seconds(&pids);
     let (rps, p50, p99, requests) = run();
     let cpu = cpu_seconds(&pids) - before;
