@@ -511,16 +511,18 @@ impl ResBody {
 
 impl Body for ResBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::body::BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::body::BoxError>>> {
         match self.get_mut() {
             Self::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Self::Upstream(b) => Pin::new(b).poll_frame(cx),
-            Self::Tunnel(b) => Pin::new(b).poll_frame(cx),
+            Self::Tunnel(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
             Self::Buffered(b) => Pin::new(b).poll_frame(cx),
             Self::Compressed(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }

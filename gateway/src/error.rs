@@ -27,7 +27,7 @@ pub enum GatewayError {
     #[error("upstream did not answer within the route timeout")]
     UpstreamTimeout,
     #[error("upstream failed: {0}")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] crate::body::BoxError),
     #[error("the client closed the request before it was complete")]
     ClientGone,
     #[error("too many header fields")]

@@ -57,6 +57,8 @@ pub mod policy;
 pub mod balance;
 // (5) is it usable.
 pub(crate) mod endpoint;
+/// The lean upstream HTTP/1.1 client's parsing, for the fuzz target.
+pub use endpoint::h1 as upstream_h1;
 // (6) talk to it.
 pub(crate) mod upstream;
 

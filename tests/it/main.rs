@@ -28,4 +28,5 @@ mod security;
 mod spans;
 mod status_page;
 mod tracing;
+mod upstream_h1;
 mod upstream_reach;

@@ -8,6 +8,7 @@
 
 pub mod addrs;
 pub mod breaker;
+pub mod h1;
 pub mod health;
 pub mod outlier;
 pub mod pool;

@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::addrs::Addrs;
+use super::h1::H1Conn;
 use crate::body::ReqBody;
 use crate::config::{Protocol, Upstream, UpstreamTls};
 use crate::metrics::EndpointMetrics;
@@ -124,6 +125,10 @@ pub struct Pool {
     dialer: Dialer,
     /// `None` when `max_idle_per_target = 0`: every HTTP/1.1 connection closes after its response.
     idle: Option<ArrayQueue<Idle>>,
+    /// Idle connections of the lean HTTP/1.1 client (`h1.rs`): plain-text HTTP/1.1 endpoints.
+    idle_lean: Option<ArrayQueue<Box<H1Conn>>>,
+    /// Bodiless GET and HEAD requests take the lean client: HTTP/1.1 in plain text.
+    lean: bool,
     h2: ArcSwap<Vec<Arc<H2Conn>>>,
     /// Held while an HTTP/2 connection is being opened.
     opening: tokio::sync::Mutex<()>,
@@ -194,6 +199,9 @@ impl Pool {
                 max_streams: cfg.max_streams.max(1),
             },
             idle: (max_idle > 0).then(|| ArrayQueue::new(max_idle)),
+            idle_lean: (max_idle > 0 && cfg.protocol == Protocol::Http1 && cfg.tls.is_none())
+                .then(|| ArrayQueue::new(max_idle)),
+            lean: cfg.protocol == Protocol::Http1 && cfg.tls.is_none(),
             h2: ArcSwap::from_pointee(Vec::new()),
             opening: tokio::sync::Mutex::new(()),
             learned_h1: AtomicBool::new(false),
@@ -225,6 +233,41 @@ impl Pool {
             }
         }
         None
+    }
+
+    /// Whether bodiless GET and HEAD requests go through the lean client (`h1.rs`).
+    pub fn is_lean(&self) -> bool {
+        self.lean
+    }
+
+    /// An idle lean connection that is still clean (the upstream did not close it meanwhile).
+    pub fn take_lean(&self) -> Option<Box<H1Conn>> {
+        let idle = self.idle_lean.as_ref()?;
+        while let Some(conn) = idle.pop() {
+            if conn.since.elapsed() < IDLE_TIMEOUT && conn.is_clean() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Hand a lean connection back after its response was read to the end (a full pool closes it).
+    pub fn put_back_lean(&self, mut conn: Box<H1Conn>) {
+        if let Some(idle) = &self.idle_lean {
+            conn.since = Instant::now();
+            let _ = idle.push(conn);
+        }
+    }
+
+    /// A new lean connection.
+    pub async fn connect_lean(&self, timeout: Duration) -> io::Result<Box<H1Conn>> {
+        let addr = self.dialer.addrs.next();
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(s) => s?,
+            Err(_) => return Err(timed_out(addr, timeout)),
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(H1Conn::new(stream, self.conns_h1.clone()))
     }
 
     fn h2_slot(&self) -> Option<Sender> {
@@ -267,6 +310,14 @@ impl Pool {
                 }
             }
         }
+        if let Some(queue) = &self.idle_lean {
+            for _ in 0..queue.len() {
+                let Some(conn) = queue.pop() else { break };
+                if conn.since.elapsed() < IDLE_TIMEOUT && conn.is_clean() {
+                    let _ = queue.push(conn);
+                }
+            }
+        }
         if self.h2.load().iter().any(|c| c.sender.is_closed()) {
             self.h2.rcu(|list| {
                 list.iter()
@@ -283,12 +334,17 @@ impl Pool {
         if let Some(queue) = &self.idle {
             while queue.pop().is_some() {}
         }
+        if let Some(queue) = &self.idle_lean {
+            while queue.pop().is_some() {}
+        }
         self.h2.store(Arc::new(Vec::new()));
     }
 
     /// Idle HTTP/1.1 connections plus open HTTP/2 connections.
     pub fn idle_count(&self) -> usize {
-        self.idle.as_ref().map_or(0, ArrayQueue::len) + self.h2.load().len()
+        self.idle.as_ref().map_or(0, ArrayQueue::len)
+            + self.idle_lean.as_ref().map_or(0, ArrayQueue::len)
+            + self.h2.load().len()
     }
 
     /// A sender for a health probe: a stream on an open HTTP/2 connection, else a new

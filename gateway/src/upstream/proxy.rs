@@ -32,8 +32,8 @@ use super::pool::Sender;
 use super::{headers, InFlightGuard, UpstreamRt};
 use crate::balance::{PickCtx, TargetSet};
 use crate::body::{
-    caused_by, BodyProgress, BodyTimedOut, BodyTooLarge, BufferLease, ClientBodyError, Replay,
-    ReqBody, ResBody, BUFFER_WHOLE_LIMIT,
+    caused_by, BodyProgress, BodyTimedOut, BodyTooLarge, BoxError, BufferLease, ClientBodyError,
+    Replay, ReqBody, ResBody, BUFFER_WHOLE_LIMIT,
 };
 use crate::clock;
 use crate::config::{Fallback, RetryPolicy};
@@ -41,6 +41,7 @@ use crate::ctx::ClientIp;
 use crate::ctx::OriginalPath;
 use crate::ctx::{ConnInfo, Degraded};
 use crate::endpoint::breaker::CircuitState;
+use crate::endpoint::h1::{H1Body, H1Error};
 use crate::endpoint::{Endpoint, Permit};
 use crate::error::GatewayError;
 
@@ -466,12 +467,12 @@ impl BufferedBody {
 
 impl Body for BufferedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::body::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::body::BoxError>>> {
         Poll::Ready(self.data.take().map(|d| Ok(Frame::data(d))))
     }
 
@@ -585,6 +586,13 @@ async fn send(
     let Some(permit) = permit else {
         return Attempt::NotSent(req, None);
     };
+    if ep.pool.is_lean()
+        && (req.method() == Method::GET || req.method() == Method::HEAD)
+        && req.version() != Version::HTTP_10
+        && req.body().is_end_stream()
+    {
+        return send_lean(up, ep, req, timing, permit).await;
+    }
     let mut refusals = 0;
     loop {
         let (mut sender, reused) = match ep.pool.take_idle() {
@@ -627,24 +635,7 @@ async fn send(
         let in_flight = InFlight::new(ep.clone());
         let head = req.method() == Method::HEAD;
         let attempt = Instant::now();
-        let sending = sender.try_send_request(req);
-        tokio::pin!(sending);
-        let outcome = loop {
-            // While the client is still sending its body, no timer runs: look again later.
-            let (wake, last) = match timing.attempt_deadline(attempt) {
-                Some(d) => (d, true),
-                None => (Instant::now() + timing.timeout, false),
-            };
-            tokio::select! {
-                biased;
-                r = &mut sending => break Some(r),
-                () = tokio::time::sleep_until(wake) => {
-                    if last {
-                        break None;
-                    }
-                }
-            }
-        };
+        let outcome = within_attempt(sender.try_send_request(req), timing, attempt).await;
         return match outcome {
             None => {
                 ep.metrics.timeout.inc();
@@ -653,53 +644,17 @@ async fn send(
             }
             Some(Ok(res)) => {
                 let head_time = attempt.elapsed();
-                ep.metrics.duration.observe(head_time.as_secs_f64());
-                // gRPC UNAVAILABLE, DEADLINE_EXCEEDED and INTERNAL in a trailers-only answer
-                // are failures too.
-                let failure = res.status().is_server_error()
-                    || crate::grpc::status_of(res.headers()).is_some_and(crate::grpc::is_failure);
-                if failure {
-                    ep.metrics.error.inc();
-                } else {
-                    ep.metrics.ok.inc();
-                }
-                record(up, ep, permit, failure);
-                let (mut parts, body) = res.into_parts();
-                headers::strip_hop_by_hop(&mut parts.headers);
-                let exact = body.size_hint().exact();
+                judge(up, ep, permit, &res, head_time);
+                let (parts, body) = res.into_parts();
                 let body = UpstreamBody {
-                    inner: body,
+                    inner: Inner::Hyper(body),
                     sender: Some(sender),
                     in_flight,
                     ended: false,
                     upstream_slot: None,
                     head_time,
                 };
-                if let Some(lease) =
-                    whole_response_len(&parts, head, exact).and_then(BufferLease::try_new)
-                {
-                    // Read whole now, so the upstream connection is released whatever the
-                    // client does (a client that never reads cannot pin it).
-                    use http_body_util::BodyExt;
-                    let read = tokio::time::timeout(timing.timeout, body.collect()).await;
-                    return match read {
-                        Ok(Ok(c)) => Attempt::Done(Ok(Response::from_parts(
-                            parts,
-                            ResBody::Buffered(BufferedBody {
-                                data: Some(c.to_bytes()),
-                                endpoint: ep.clone(),
-                                _lease: lease,
-                                head_time,
-                            }),
-                        ))),
-                        Ok(Err(e)) => Attempt::Done(Err(GatewayError::Upstream(e))),
-                        Err(_) => {
-                            ep.metrics.timeout.inc();
-                            Attempt::Done(Err(GatewayError::UpstreamTimeout))
-                        }
-                    };
-                }
-                Attempt::Done(Ok(Response::from_parts(parts, ResBody::Upstream(body))))
+                deliver(ep, parts, body, head, timing.timeout).await
             }
             Some(Err(mut e)) => {
                 if let Some(back) = e.take_message() {
@@ -739,7 +694,155 @@ async fn send(
                 }
                 ep.metrics.reset.inc();
                 record(up, ep, permit, true);
-                Attempt::Done(Err(GatewayError::Upstream(err)))
+                Attempt::Done(Err(GatewayError::Upstream(err.into())))
+            }
+        };
+    }
+}
+
+/// `sending`'s output, or `None` when the attempt's time ran out. While the client is still
+/// sending its body no timer runs (`attempt_deadline` is `None`): look again later.
+async fn within_attempt<F: Future>(
+    sending: F,
+    timing: &Timing,
+    attempt: Instant,
+) -> Option<F::Output> {
+    tokio::pin!(sending);
+    loop {
+        let (wake, last) = match timing.attempt_deadline(attempt) {
+            Some(d) => (d, true),
+            None => (Instant::now() + timing.timeout, false),
+        };
+        tokio::select! {
+            biased;
+            r = &mut sending => return Some(r),
+            () = tokio::time::sleep_until(wake) => {
+                if last {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Count the answer's head in the endpoint's metrics and feed its breaker: a 5xx, or gRPC
+/// UNAVAILABLE, DEADLINE_EXCEEDED or INTERNAL in a trailers-only answer, is a failure.
+fn judge<B>(
+    up: &UpstreamRt,
+    ep: &Endpoint,
+    permit: Permit<'_>,
+    res: &Response<B>,
+    head_time: Duration,
+) {
+    ep.metrics.duration.observe(head_time.as_secs_f64());
+    let failure = res.status().is_server_error()
+        || crate::grpc::status_of(res.headers()).is_some_and(crate::grpc::is_failure);
+    if failure {
+        ep.metrics.error.inc();
+    } else {
+        ep.metrics.ok.inc();
+    }
+    record(up, ep, permit, failure);
+}
+
+/// The answer, streamed, or read whole first when small (SPEC §8.2) so the upstream
+/// connection is released whatever the client does (a client that never reads cannot pin it).
+async fn deliver(
+    ep: &Arc<Endpoint>,
+    mut parts: http::response::Parts,
+    body: UpstreamBody,
+    head: bool,
+    timeout: Duration,
+) -> Attempt {
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let exact = body.size_hint().exact();
+    let Some(lease) = whole_response_len(&parts, head, exact).and_then(BufferLease::try_new) else {
+        return Attempt::Done(Ok(Response::from_parts(parts, ResBody::Upstream(body))));
+    };
+    let head_time = body.head_time;
+    use http_body_util::BodyExt;
+    match tokio::time::timeout(timeout, body.collect()).await {
+        Ok(Ok(c)) => Attempt::Done(Ok(Response::from_parts(
+            parts,
+            ResBody::Buffered(BufferedBody {
+                data: Some(c.to_bytes()),
+                endpoint: ep.clone(),
+                _lease: lease,
+                head_time,
+            }),
+        ))),
+        Ok(Err(e)) => Attempt::Done(Err(GatewayError::Upstream(e))),
+        Err(_) => {
+            ep.metrics.timeout.inc();
+            Attempt::Done(Err(GatewayError::UpstreamTimeout))
+        }
+    }
+}
+
+/// A bodiless GET or HEAD to a plain-text HTTP/1.1 endpoint, over the lean client
+/// (`endpoint/h1.rs`): the same rules as `send`, without hyper's connection task. A pooled
+/// connection the upstream closed while idle (nothing at all came back) is replaced by
+/// another, as hyper's client does; GET and HEAD are safe to send again.
+async fn send_lean(
+    up: &UpstreamRt,
+    ep: &Arc<Endpoint>,
+    mut req: Request<ReqBody>,
+    timing: &Timing,
+    permit: Permit<'_>,
+) -> Attempt {
+    crate::endpoint::pool::fit_request(&mut req, false, false);
+    let (parts, body) = req.into_parts();
+    let head = parts.method == Method::HEAD;
+    loop {
+        let (conn, reused) = match ep.pool.take_lean() {
+            Some(c) => (c, true),
+            None => {
+                let Some(_pending) = up.enter_pending() else {
+                    return Attempt::Overloaded;
+                };
+                let connect_timeout = up.config.connect_timeout;
+                let budget = timing.total_deadline().map_or(connect_timeout, |d| {
+                    d.saturating_duration_since(Instant::now())
+                        .min(connect_timeout)
+                });
+                match Box::pin(ep.pool.connect_lean(budget)).await {
+                    Ok(c) => (c, false),
+                    Err(e) => {
+                        ep.metrics.connect_error.inc();
+                        record(up, ep, permit, true);
+                        return Attempt::NotSent(Request::from_parts(parts, body), Some(e));
+                    }
+                }
+            }
+        };
+        let in_flight = InFlight::new(ep.clone());
+        let attempt = Instant::now();
+        let outcome = within_attempt(conn.exchange(&parts), timing, attempt).await;
+        return match outcome {
+            None => {
+                ep.metrics.timeout.inc();
+                record(up, ep, permit, true);
+                Attempt::Done(Err(GatewayError::UpstreamTimeout))
+            }
+            Some(Err(H1Error::NothingReceived(_))) if reused => continue,
+            Some(Err(e)) => {
+                ep.metrics.reset.inc();
+                record(up, ep, permit, true);
+                Attempt::Done(Err(GatewayError::Upstream(Box::new(e))))
+            }
+            Some(Ok((res_parts, res_body))) => {
+                let head_time = attempt.elapsed();
+                let res = Response::from_parts(res_parts, ());
+                judge(up, ep, permit, &res, head_time);
+                let body = UpstreamBody {
+                    inner: Inner::Lean(res_body),
+                    sender: None,
+                    in_flight,
+                    ended: false,
+                    upstream_slot: None,
+                    head_time,
+                };
+                deliver(ep, res.into_parts().0, body, head, timing.timeout).await
             }
         };
     }
@@ -767,7 +870,7 @@ impl Drop for InFlight {
 /// An upstream response body, streamed; its connection returns to the pool when it ends.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: Inner,
     sender: Option<Sender>,
     in_flight: InFlight,
     ended: bool,
@@ -776,7 +879,21 @@ pub struct UpstreamBody {
     head_time: Duration,
 }
 
+/// Where an upstream body comes from: hyper's client, or the lean one (`endpoint/h1.rs`).
+#[derive(Debug)]
+enum Inner {
+    Hyper(Incoming),
+    Lean(H1Body),
+}
+
 impl UpstreamBody {
+    fn inner_end(&self) -> bool {
+        match &self.inner {
+            Inner::Hyper(b) => b.is_end_stream(),
+            Inner::Lean(b) => b.is_end_stream(),
+        }
+    }
+
     /// The endpoint (`target` label) that answered.
     pub fn target(&self) -> &str {
         &self.in_flight.endpoint.id
@@ -790,16 +907,23 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::body::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::body::BoxError>>> {
+        let polled = match &mut self.inner {
+            Inner::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+            Inner::Lean(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+        };
         match &polled {
             Poll::Ready(None) => self.ended = true,
-            Poll::Ready(Some(Ok(_))) => self.ended = self.inner.is_end_stream(),
+            Poll::Ready(Some(Ok(_))) => self.ended = self.inner_end(),
             Poll::Ready(Some(Err(_))) => {
                 // A body cut mid-way: the connection is not reusable.
                 self.sender = None;
@@ -811,11 +935,14 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || self.inner.is_end_stream()
+        self.ended || self.inner_end()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper(b) => b.size_hint(),
+            Inner::Lean(b) => b.size_hint(),
+        }
     }
 }
 
@@ -824,11 +951,18 @@ const POOL_READY_WAIT: Duration = Duration::from_secs(5);
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
+        if let Inner::Lean(b) = &mut self.inner {
+            // Read to its exact end, nothing after it, keep-alive: pooled.
+            if let Some(conn) = b.reusable() {
+                self.in_flight.endpoint.pool.put_back_lean(conn);
+            }
+            return;
+        }
         // Only a body read to its end leaves the connection clean for the next request.
         let Some(sender) = self.sender.take() else {
             return;
         };
-        if !(self.ended || self.inner.is_end_stream()) {
+        if !(self.ended || self.inner_end()) {
             return;
         }
         let endpoint = self.in_flight.endpoint.clone();

@@ -132,7 +132,7 @@ pub async fn open(
     let _ = stream.set_nodelay(true);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(GatewayError::Upstream)?;
+        .map_err(|e| GatewayError::Upstream(e.into()))?;
     tokio::spawn(async move {
         let _ = connection.with_upgrades().await;
     });
@@ -142,7 +142,7 @@ pub async fn open(
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             ep.metrics.reset.inc();
-            return Err(GatewayError::Upstream(e));
+            return Err(GatewayError::Upstream(e.into()));
         }
         Err(_) => {
             ep.metrics.timeout.inc();
