@@ -121,6 +121,19 @@ struct Dialer {
     max_streams: u32,
 }
 
+impl Dialer {
+    /// A TCP connection to the endpoint's next address (returned with it), with Nagle off.
+    async fn tcp(&self, timeout: Duration) -> io::Result<(SocketAddr, TcpStream)> {
+        let addr = self.addrs.next();
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(s) => s?,
+            Err(_) => return Err(timed_out(addr, timeout)),
+        };
+        let _ = stream.set_nodelay(true);
+        Ok((addr, stream))
+    }
+}
+
 pub struct Pool {
     dialer: Dialer,
     /// `None` when `max_idle_per_target = 0`: every HTTP/1.1 connection closes after its response.
@@ -261,12 +274,7 @@ impl Pool {
 
     /// A new lean connection.
     pub async fn connect_lean(&self, timeout: Duration) -> io::Result<Box<H1Conn>> {
-        let addr = self.dialer.addrs.next();
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(s) => s?,
-            Err(_) => return Err(timed_out(addr, timeout)),
-        };
-        let _ = stream.set_nodelay(true);
+        let (_, stream) = self.dialer.tcp(timeout).await?;
         Ok(H1Conn::new(stream, self.conns_h1.clone()))
     }
 
@@ -379,13 +387,8 @@ impl Pool {
 
     async fn dial(&self, timeout: Duration) -> io::Result<Sender> {
         let d = &self.dialer;
-        let addr = d.addrs.next();
         let started = Instant::now();
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(s) => s?,
-            Err(_) => return Err(timed_out(addr, timeout)),
-        };
-        let _ = stream.set_nodelay(true);
+        let (addr, stream) = d.tcp(timeout).await?;
         let Some((connector, name)) = &d.tls else {
             let h2 = d.protocol == Protocol::H2;
             return self.handshake(stream, h2).await;

@@ -118,6 +118,14 @@ impl Timing {
         Some(self.total_deadline().map_or(own, |t| own.min(t)))
     }
 
+    /// How long a new connection may take: `connect_timeout`, cut to what is left of the total.
+    fn connect_budget(&self, connect_timeout: Duration) -> Duration {
+        self.total_deadline().map_or(connect_timeout, |d| {
+            d.saturating_duration_since(Instant::now())
+                .min(connect_timeout)
+        })
+    }
+
     fn expired(&self) -> bool {
         self.total_deadline().is_some_and(|d| Instant::now() >= d)
     }
@@ -467,12 +475,12 @@ impl BufferedBody {
 
 impl Body for BufferedBody {
     type Data = Bytes;
-    type Error = crate::body::BoxError;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, crate::body::BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         Poll::Ready(self.data.take().map(|d| Ok(Frame::data(d))))
     }
 
@@ -601,11 +609,7 @@ async fn send(
                 let Some(_pending) = up.enter_pending() else {
                     return Attempt::Overloaded;
                 };
-                let connect_timeout = up.config.connect_timeout;
-                let budget = timing.total_deadline().map_or(connect_timeout, |d| {
-                    d.saturating_duration_since(Instant::now())
-                        .min(connect_timeout)
-                });
+                let budget = timing.connect_budget(up.config.connect_timeout);
                 // Boxed: a new connection is rare on a warm pool, and the connect future would
                 // otherwise make every request's future larger.
                 match Box::pin(ep.pool.connect(budget)).await {
@@ -800,11 +804,7 @@ async fn send_lean(
                 let Some(_pending) = up.enter_pending() else {
                     return Attempt::Overloaded;
                 };
-                let connect_timeout = up.config.connect_timeout;
-                let budget = timing.total_deadline().map_or(connect_timeout, |d| {
-                    d.saturating_duration_since(Instant::now())
-                        .min(connect_timeout)
-                });
+                let budget = timing.connect_budget(up.config.connect_timeout);
                 match Box::pin(ep.pool.connect_lean(budget)).await {
                     Ok(c) => (c, false),
                     Err(e) => {
@@ -907,12 +907,12 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = crate::body::BoxError;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, crate::body::BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = match &mut self.inner {
             Inner::Hyper(b) => Pin::new(b)
                 .poll_frame(cx)
