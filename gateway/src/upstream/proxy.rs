@@ -639,7 +639,9 @@ async fn send(
         let in_flight = InFlight::new(ep.clone());
         let head = req.method() == Method::HEAD;
         let attempt = Instant::now();
-        let outcome = within_attempt(sender.try_send_request(req), timing, attempt).await;
+        let sending = sender.try_send_request(req);
+        tokio::pin!(sending);
+        let outcome = within_attempt(sending, timing, attempt).await;
         return match outcome {
             None => {
                 ep.metrics.timeout.inc();
@@ -704,14 +706,13 @@ async fn send(
     }
 }
 
-/// `sending`'s output, or `None` when the attempt's time ran out. While the client is still
+/// `sending`'s output (pinned in the caller, so it is not moved), or `None` when the attempt's time ran out. While the client is still
 /// sending its body no timer runs (`attempt_deadline` is `None`): look again later.
 async fn within_attempt<F: Future>(
-    sending: F,
+    mut sending: Pin<&mut F>,
     timing: &Timing,
     attempt: Instant,
 ) -> Option<F::Output> {
-    tokio::pin!(sending);
     loop {
         let (wake, last) = match timing.attempt_deadline(attempt) {
             Some(d) => (d, true),
@@ -719,7 +720,7 @@ async fn within_attempt<F: Future>(
         };
         tokio::select! {
             biased;
-            r = &mut sending => return Some(r),
+            r = sending.as_mut() => return Some(r),
             () = tokio::time::sleep_until(wake) => {
                 if last {
                     return None;
@@ -817,7 +818,9 @@ async fn send_lean(
         };
         let in_flight = InFlight::new(ep.clone());
         let attempt = Instant::now();
-        let outcome = within_attempt(conn.exchange(&parts), timing, attempt).await;
+        let sending = conn.exchange(&parts);
+        tokio::pin!(sending);
+        let outcome = within_attempt(sending, timing, attempt).await;
         return match outcome {
             None => {
                 ep.metrics.timeout.inc();
